@@ -1,0 +1,345 @@
+"""Knowledge-distillation losses, direct and chunked through the LM head.
+
+    loss = alpha * CE(labels) + (1 - alpha) * T^2 * D(teacher || student)
+
+D is the divergence between the teacher's and the student's next-token distributions, both at
+temperature T: forward KL(p_t || p_s), reverse KL(p_s || p_t), or the generalised
+Jensen-Shannon divergence with weight beta in (0, 1):
+
+    m = beta * p_t + (1 - beta) * p_s
+    JSD_beta = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)
+
+(beta = 0.5 is the usual JSD; beta towards 0 or 1 approaches a scaled forward or reverse KL, use
+those kinds for the limits). The T^2 factor keeps the gradient scale of the soft term
+independent of T (Hinton et al., 2015). CE is always at temperature 1.
+
+Normalisation: every term is a SUM over loss tokens divided by `num_loss_tokens`, which the
+caller sets to the number of loss tokens in the whole effective batch (all micro-batches of one
+optimizer step, all data-parallel ranks). Summing the losses of the micro-batches then gives
+exactly the per-token mean of one big batch, whatever the packing or the accumulation.
+
+Memory: `chunked_kd_loss` never builds full-vocabulary logits for the whole batch. It takes
+the student's final hidden states and the LM head weight, and walks over the tokens in chunks;
+per chunk it builds the logits, the loss and, at once, the gradients with respect to the hidden
+states and the head weight (so the backward pass costs no recomputation, as in Liger-Kernel's
+fused linear cross-entropy). Peak extra memory is a few [chunk, vocab] tensors plus one
+gradient buffer of the head's size, instead of several [tokens, vocab] tensors.
+
+Teacher logits come either online (teacher hidden states and teacher head, also chunked) or
+offline as top-k log-probabilities stored by the generate stage. Offline, the rest of the
+vocabulary (the tail) is unknown; two documented choices:
+
+- "bucket" (default): a (k+1)-category distribution, the k stored tokens plus one tail bucket
+  holding the remaining mass (teacher: 1 - sum of its top-k probabilities; student: its exact
+  mass outside those k ids). At T = 1 this is exact and penalises student mass outside the
+  teacher's top-k. With T != 1 the teacher's tail at temperature T cannot be recovered, so the
+  temperature is applied to the k+1 coarse log-probabilities on both sides alike.
+- "renormalise": both distributions restricted to the k ids and renormalised there (the
+  conditional distribution given the top-k). Exact at any T, but blind to the student's mass
+  outside the top-k (the CE term still pulls it toward the right token).
+
+Entries with token id < 0 in the top-k are padding (fewer than k stored) and are ignored.
+Stored logprobs are taken as the teacher's log-probabilities at temperature 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
+TailMode = Literal["bucket", "renormalise"]
+IGNORE_INDEX = -100
+_TAIL_FLOOR = -80.0  # log of the smallest tail mass the top-k bucket represents
+
+
+@dataclass(frozen=True)
+class KDParams:
+    alpha: float = 0.5  # weight of the hard-label CE; 1 - alpha goes to the soft KD term
+    temperature: float = 1.0
+    divergence: Divergence = "forward_kl"
+    beta: float = 0.5  # JSD mixture weight of the teacher
+    tail: TailMode = "bucket"  # offline top-k only
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
+        if self.temperature <= 0.0:
+            raise ValueError(f"temperature must be > 0 (got {self.temperature})")
+        if self.divergence not in ("forward_kl", "reverse_kl", "jsd"):
+            raise ValueError(
+                f"divergence must be forward_kl, reverse_kl or jsd (got {self.divergence!r})"
+            )
+        if self.divergence == "jsd" and not 0.0 < self.beta < 1.0:
+            raise ValueError(f"jsd beta must be in (0, 1) (got {self.beta})")
+        if self.tail not in ("bucket", "renormalise"):
+            raise ValueError(f"tail must be bucket or renormalise (got {self.tail!r})")
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Offline teacher: per token, k token ids (id < 0: padding) and their logprobs at T=1."""
+
+    token_ids: torch.Tensor  # [N, k] int64
+    logprobs: torch.Tensor  # [N, k] float
+
+
+@dataclass(frozen=True)
+class OnlineTeacher:
+    """Online teacher: its final hidden states for the same tokens and its LM head (frozen)."""
+
+    hidden: torch.Tensor  # [N, Ht]
+    head_weight: torch.Tensor  # [V, Ht]
+    head_bias: torch.Tensor | None = None
+
+
+@dataclass
+class LossParts:
+    """The loss to backpropagate and its parts (detached, same normalisation) for metrics."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor  # the divergence alone, before (1 - alpha) * T^2
+
+
+# --- the divergence on log-probabilities ----------------------------------------------------
+
+
+def divergence(
+    teacher_logp: torch.Tensor,
+    student_logp: torch.Tensor,
+    kind: Divergence,
+    beta: float = 0.5,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-token D(teacher || student) from normalised log-probs [..., C]; sums over C.
+
+    `valid` masks categories that do not exist (padded top-k slots); they contribute nothing.
+    """
+    if valid is not None:
+        # Zero log-probs on both sides make every term below exactly 0 there, with finite
+        # gradients (a -inf on either side would turn into NaN through 0 * inf).
+        teacher_logp = torch.where(valid, teacher_logp, 0.0)
+        student_logp = torch.where(valid, student_logp, 0.0)
+    if kind == "forward_kl":
+        return _kl(teacher_logp, student_logp)
+    if kind == "reverse_kl":
+        return _kl(student_logp, teacher_logp)
+    mixture_logp = torch.logaddexp(teacher_logp + math.log(beta), student_logp + math.log1p(-beta))
+    return beta * _kl(teacher_logp, mixture_logp) + (1.0 - beta) * _kl(student_logp, mixture_logp)
+
+
+def _kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    return (p_logp.exp() * (p_logp - q_logp)).sum(-1)
+
+
+# --- per-chunk terms (shared by the direct and the chunked paths) -------------------------------
+
+
+def _chunk_sums(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: torch.Tensor | TopK | None,
+    params: KDParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of CE, sum of D) over the loss tokens of one chunk; logits [C, V], fp32 or wider."""
+    loss_tokens = labels != IGNORE_INDEX
+    ce_sum = F.cross_entropy(student_logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if teacher is None or params.alpha == 1.0:
+        return ce_sum, student_logits.new_zeros(())
+    if isinstance(teacher, TopK):
+        per_token = _topk_divergence(student_logits, teacher, params)
+    else:
+        t = params.temperature
+        per_token = divergence(
+            F.log_softmax(_upcast(teacher) / t, dim=-1),
+            F.log_softmax(student_logits / t, dim=-1),
+            params.divergence,
+            params.beta,
+        )
+    return ce_sum, (per_token * loss_tokens).sum()
+
+
+def _topk_divergence(student_logits: torch.Tensor, topk: TopK, params: KDParams) -> torch.Tensor:
+    valid = topk.token_ids >= 0
+    # Padded slots point at the first stored id, so masking them changes nothing below.
+    ids = torch.where(valid, topk.token_ids, topk.token_ids[:, :1]).clamp(min=0)
+    teacher_logp = topk.logprobs.to(student_logits.dtype).masked_fill(~valid, -math.inf)
+    student_logp = F.log_softmax(student_logits, dim=-1)
+    student_topk = student_logp.gather(-1, ids).masked_fill(~valid, -math.inf)
+    if params.tail == "bucket":
+        # Student tail: the exact log of its mass outside the k ids (a logsumexp over the rest
+        # of the vocabulary, precise even when the top-k holds almost everything); teacher
+        # tail: log(1 - sum of its top-k probabilities).
+        # Both tails get a floor of e^-80 so that an empty tail (k = V) stays finite, and its
+        # gradient too (a logsumexp over nothing but -inf has a NaN gradient).
+        lse = torch.logsumexp(student_logits, -1, keepdim=True)
+        outside = student_logits.scatter(-1, ids, -math.inf)
+        floor = lse.detach() + _TAIL_FLOOR
+        student_tail = torch.logsumexp(torch.cat([outside, floor], -1), -1) - lse[:, 0]
+        teacher_tail = torch.logaddexp(
+            _log1mexp(torch.logsumexp(teacher_logp, -1)), teacher_logp.new_tensor(_TAIL_FLOOR)
+        )
+        teacher_logp = torch.cat([teacher_logp, teacher_tail[:, None]], -1)
+        student_topk = torch.cat([student_topk, student_tail[:, None]], -1)
+        valid = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], -1)
+    t = params.temperature
+    per_token = divergence(
+        _masked_log_softmax(teacher_logp / t, valid),
+        _masked_log_softmax(student_topk / t, valid),
+        params.divergence,
+        params.beta,
+        valid,
+    )
+    # A token with no stored top-k at all carries no teacher signal.
+    return per_token * (topk.token_ids >= 0).any(-1)
+
+
+def _masked_log_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.masked_fill(~valid, -math.inf), dim=-1)
+
+
+def _log1mexp(logp: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(logp)) for logp <= 0 (stored logprobs may sum a hair above 1: clamp)."""
+    return torch.log(-torch.expm1(logp.clamp(max=0.0)))
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Softmax and log-sums in fp32 at least (bf16 logits lose the tail), fp64 kept."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _combine(ce_sum: torch.Tensor, kd_sum: torch.Tensor, params: KDParams) -> torch.Tensor:
+    soft = (1.0 - params.alpha) * params.temperature**2
+    return params.alpha * ce_sum + soft * kd_sum
+
+
+# --- direct (full-vocab) loss: the reference, and fine for small vocabularies --------------------
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: torch.Tensor | TopK | None,
+    params: KDParams,
+    num_loss_tokens: int | torch.Tensor,
+) -> LossParts:
+    """The KD loss from full logits. student_logits [N, V], labels [N] (-100: no loss)."""
+    ce_sum, kd_sum = _chunk_sums(_upcast(student_logits), labels, teacher, params)
+    return LossParts(
+        loss=_combine(ce_sum, kd_sum, params) / num_loss_tokens,
+        ce=(ce_sum / num_loss_tokens).detach(),
+        kd=(kd_sum / num_loss_tokens).detach(),
+    )
+
+
+# --- chunked loss through the LM head -------------------------------------------------------------
+
+
+def chunked_kd_loss(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: OnlineTeacher | TopK | None,
+    params: KDParams,
+    num_loss_tokens: int | torch.Tensor,
+    head_bias: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+) -> LossParts:
+    """The same loss as `kd_loss(hidden @ head_weight.T, ...)` without the [N, V] logits.
+
+    hidden [N, H] (any leading dims are flattened; labels alike), head_weight [V, H]. Tokens
+    whose label is -100 are dropped before any logits are built, so padding and prompt tokens
+    cost nothing. Gradients flow to hidden, head_weight and head_bias when they require them.
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels = labels.reshape(-1)
+    keep = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
+    hidden, labels = hidden.index_select(0, keep), labels.index_select(0, keep)
+    teacher = _select_teacher(teacher, keep)
+    loss, ce, kd = _ChunkedKD.apply(
+        hidden, head_weight, head_bias, labels, teacher, params, chunk_size
+    )
+    norm = torch.as_tensor(num_loss_tokens, dtype=loss.dtype, device=loss.device)
+    return LossParts(loss=loss / norm, ce=ce / norm, kd=kd / norm)
+
+
+def _select_teacher(
+    teacher: OnlineTeacher | TopK | None, keep: torch.Tensor
+) -> OnlineTeacher | TopK | None:
+    if isinstance(teacher, OnlineTeacher):
+        hidden = teacher.hidden.reshape(-1, teacher.hidden.shape[-1]).index_select(0, keep)
+        return OnlineTeacher(hidden.detach(), teacher.head_weight.detach(), teacher.head_bias)
+    if isinstance(teacher, TopK):
+        k = teacher.token_ids.shape[-1]
+        return TopK(
+            teacher.token_ids.reshape(-1, k).index_select(0, keep),
+            teacher.logprobs.reshape(-1, k).index_select(0, keep).detach(),
+        )
+    return None
+
+
+class _ChunkedKD(torch.autograd.Function):
+    """Sums of (loss, CE, D) over chunks; gradients are computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, teacher, params, chunk_size):
+        needs = ctx.needs_input_grad
+        grad_hidden = torch.zeros_like(hidden) if needs[0] else None
+        # Head gradients accumulate over chunks: keep them in at least fp32 (bf16 sums drift).
+        grad_weight = torch.zeros_like(weight, dtype=_upcast(weight).dtype) if needs[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=_upcast(bias).dtype) if needs[2] else None
+        totals = torch.zeros(3, dtype=_upcast(hidden).dtype, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            with torch.enable_grad():
+                h = hidden[rows].detach().requires_grad_(needs[0])
+                w = weight.detach().requires_grad_(needs[1])
+                b = bias.detach().requires_grad_(needs[2]) if bias is not None else None
+                logits = _upcast(F.linear(h, w, b))
+                ce_sum, kd_sum = _chunk_sums(
+                    logits, labels[rows], _teacher_chunk(teacher, rows), params
+                )
+                loss_sum = _combine(ce_sum, kd_sum, params)
+                inputs = [x for x, need in ((h, needs[0]), (w, needs[1]), (b, needs[2])) if need]
+                grads = list(torch.autograd.grad(loss_sum, inputs)) if inputs else []
+            if needs[0]:
+                grad_hidden[rows] = grads.pop(0)
+            if needs[1]:
+                grad_weight += grads.pop(0)
+            if needs[2]:
+                grad_bias += grads.pop(0)
+            totals += torch.stack([loss_sum.detach(), ce_sum.detach(), kd_sum.detach()])
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        loss, ce, kd = totals.unbind()
+        ctx.mark_non_differentiable(ce, kd)
+        return loss, ce, kd
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ce, _grad_kd):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        scale = grad_loss
+        return (
+            grad_hidden * scale.to(grad_hidden.dtype) if grad_hidden is not None else None,
+            (grad_weight * scale).to(weight_dtype) if grad_weight is not None else None,
+            (grad_bias * scale).to(bias_dtype) if grad_bias is not None else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _teacher_chunk(teacher: OnlineTeacher | TopK | None, rows: slice):
+    if isinstance(teacher, OnlineTeacher):
+        with torch.no_grad():
+            return _upcast(F.linear(teacher.hidden[rows], teacher.head_weight, teacher.head_bias))
+    if isinstance(teacher, TopK):
+        return TopK(teacher.token_ids[rows], teacher.logprobs[rows])
+    return None
