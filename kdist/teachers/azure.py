@@ -1,0 +1,113 @@
+"""`azure` backend: Azure AI model inference through `azure-ai-inference`'s async
+ChatCompletionsClient (Azure AI Foundry models, serverless and managed endpoints, and any
+server that speaks the same protocol, such as vLLM's).
+
+Auth: the key in the environment variable named by `api_key_env`, or without one an Entra ID
+token from DefaultAzureCredential (workload identity on AKS, managed identity, az login);
+azure-core sends bearer tokens only over https, so plain-http servers need a key.
+`model_extras` carries what the typed API lacks (logprobs, request_extras) to the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.ai.inference.aio import ChatCompletionsClient
+from azure.core.credentials import AzureKeyCredential
+from azure.core.exceptions import (
+    DecodeError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
+
+from kdist.config import TeacherSection
+from kdist.teachers.base import ChatRequest, TeacherResponse
+from kdist.teachers.remote import RemoteTeacher, api_key_from_env, top_logprobs_from_openai
+from kdist.teachers.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
+
+_DEFAULT_API_VERSION = "2024-05-01-preview"
+
+
+class AzureTeacher(RemoteTeacher):
+    kind = "azure"
+
+    def __init__(self, section: TeacherSection) -> None:
+        super().__init__(section)
+        self._api_key = api_key_from_env(section)
+        self._client: ChatCompletionsClient | None = None
+        self._credential: Any = None
+
+    def _model_extras(self) -> dict[str, Any] | None:
+        extras: dict[str, Any] = dict(self.section.request_extras)
+        if self.section.sampling.top_logprobs:
+            extras.update(logprobs=True, top_logprobs=self.section.sampling.top_logprobs)
+        return extras or None
+
+    async def _open(self) -> None:
+        section = self.section
+        if self._api_key:
+            credential: Any = AzureKeyCredential(self._api_key)
+        else:
+            from azure.identity.aio import DefaultAzureCredential
+
+            credential = self._credential = DefaultAzureCredential()
+        sampling = section.sampling
+        # retry_total=0: the SDK's retry policy is off; resilience.py counts and paces attempts.
+        self._client = ChatCompletionsClient(
+            endpoint=section.endpoint,
+            credential=credential,
+            api_version=section.api_version or _DEFAULT_API_VERSION,
+            model=section.model,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            model_extras=self._model_extras(),
+            retry_total=0,
+            connection_timeout=section.timeout_s,
+            read_timeout=section.timeout_s,
+        )
+
+    async def _complete(self, request: ChatRequest) -> TeacherResponse:
+        assert self._client is not None
+        try:
+            result = await self._client.complete(messages=request.messages)
+        except DecodeError as err:
+            raise RequestFailed(MALFORMED, transient=True, status=200, detail=str(err)[:120]) from None
+        except HttpResponseError as err:
+            status = err.status_code or 0
+            headers = err.response.headers if err.response is not None else {}
+            code = err.error.code if err.error is not None else None
+            raise failure_for_status(status, code, headers, err.message or "") from None
+        except ServiceResponseTimeoutError:
+            raise RequestFailed(TIMEOUT, transient=True) from None
+        except (ServiceRequestError, ServiceResponseError) as err:
+            raise RequestFailed(CONNECTION, transient=True, detail=f"{type(err).__name__}: {err}") from None
+        if not result.choices:
+            raise RequestFailed(MALFORMED, transient=True, status=200, detail="no choices")
+        choice = result.choices[0]
+        finish = str(choice.finish_reason.value if hasattr(choice.finish_reason, "value") else choice.finish_reason)
+        if finish == "content_filter":
+            raise RequestFailed(CONTENT_FILTER, transient=False, status=200, detail="the answer was filtered")
+        logprobs = (choice.get("logprobs") or {}).get("content")
+        usage = result.usage
+        return TeacherResponse(
+            id=request.id,
+            request_hash=request.request_hash,
+            teacher=self.name,
+            response=choice.message.content or "",
+            finish_reason=finish,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            top_logprobs=top_logprobs_from_openai(logprobs),
+            status=200,
+        )
+
+    async def _aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None

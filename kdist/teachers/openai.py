@@ -1,0 +1,115 @@
+"""`openai` backend: any OpenAI-compatible chat endpoint through the official `openai` client.
+
+OpenAI itself, a vLLM server, gateways; with `api_version` set, Azure OpenAI (the endpoint is
+the resource URL and `model` the deployment name), keyed by `api_key_env` or, without one, by
+an Entra ID token from DefaultAzureCredential.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+
+from kdist.config import TeacherSection
+from kdist.teachers.base import ChatRequest, TeacherResponse
+from kdist.teachers.remote import RemoteTeacher, api_key_from_env, sampling_params, top_logprobs_from_openai
+from kdist.teachers.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
+
+_AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
+
+
+class OpenAITeacher(RemoteTeacher):
+    kind = "openai"
+
+    def __init__(self, section: TeacherSection) -> None:
+        super().__init__(section)
+        self._api_key = api_key_from_env(section)
+        self._client: openai.AsyncOpenAI | None = None
+        self._credential: Any = None
+        self._body = self._request_body(section)
+
+    @staticmethod
+    def _request_body(section: TeacherSection) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": section.model, **sampling_params(section)}
+        if section.sampling.top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = section.sampling.top_logprobs
+        if section.request_extras:
+            body["extra_body"] = dict(section.request_extras)
+        return body
+
+    async def _open(self) -> None:
+        section = self.section
+        # The SDK's own retries are off: attempts are counted and paced by resilience.py.
+        http_client = openai.DefaultAsyncHttpxClient(
+            limits=httpx.Limits(max_connections=section.concurrency, max_keepalive_connections=section.concurrency)
+        )
+        common: dict[str, Any] = {"max_retries": 0, "timeout": section.timeout_s, "http_client": http_client}
+        if section.api_version:
+            self._client = openai.AsyncAzureOpenAI(
+                azure_endpoint=section.endpoint,
+                api_version=section.api_version,
+                api_key=self._api_key,
+                azure_ad_token_provider=None if self._api_key else self._entra_token_provider(),
+                **common,
+            )
+        else:
+            # Servers without auth (a local vLLM) still need a non-empty key in the client.
+            self._client = openai.AsyncOpenAI(base_url=section.endpoint, api_key=self._api_key or "none", **common)
+
+    def _entra_token_provider(self) -> Any:
+        from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+
+        self._credential = DefaultAzureCredential()
+        return get_bearer_token_provider(self._credential, _AZURE_SCOPE)
+
+    async def _complete(self, request: ChatRequest) -> TeacherResponse:
+        assert self._client is not None
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(messages=request.messages, **self._body)
+            completion = raw.parse()
+        except openai.APIStatusError as err:
+            code = _error_code(err.body)
+            raise failure_for_status(err.status_code, code, err.response.headers, err.message) from None
+        except openai.APITimeoutError:
+            raise RequestFailed(TIMEOUT, transient=True) from None
+        except openai.APIConnectionError as err:
+            raise RequestFailed(CONNECTION, transient=True, detail=str(err.__cause__ or err)) from None
+        except (openai.APIResponseValidationError, ValueError) as err:
+            raise RequestFailed(MALFORMED, transient=True, status=200, detail=type(err).__name__) from None
+        if not completion.choices or completion.choices[0].message is None:
+            raise RequestFailed(MALFORMED, transient=True, status=200, detail="no choices")
+        choice = completion.choices[0]
+        if choice.finish_reason == "content_filter":
+            raise RequestFailed(CONTENT_FILTER, transient=False, status=200, detail="the answer was filtered")
+        logprobs = choice.logprobs.model_dump()["content"] if choice.logprobs else None
+        usage = completion.usage
+        return TeacherResponse(
+            id=request.id,
+            request_hash=request.request_hash,
+            teacher=self.name,
+            response=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            top_logprobs=top_logprobs_from_openai(logprobs),
+            status=raw.http_response.status_code,
+        )
+
+    async def _aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None
+
+
+def _error_code(body: object) -> str | None:
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return str(inner.get("code") or inner.get("type") or "") or None
+    return None

@@ -1,0 +1,174 @@
+"""What the HTTP teacher backends (openai, azure) share: a batch of requests fanned out as
+concurrent async calls, each ending as exactly one TeacherResponse.
+
+A backend subclass implements only `_complete(request)` (one attempt, raising RequestFailed)
+and `_aclose()`. Concurrency is a semaphore per worker, not a thread per request; the
+semaphore, rate limiter and SDK client are created inside the event loop that uses them.
+Callers inside an event loop (Ray Data async UDFs) await `agenerate`; plain callers use
+`generate`, which runs the same code on a private loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from kdist.config import TeacherSection
+from kdist.teachers.base import ChatRequest, TeacherResponse
+from kdist.teachers.resilience import RateLimits, RequestFailed, RetryPolicy, call_with_retries
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_DETAIL_CHARS = 300
+
+
+def error_reason(error: str | None) -> str | None:
+    """The short reason of an error row ('rate_limited', 'content_filter', ...)."""
+    return error.split(":", 1)[0] if error else None
+
+
+def api_key_from_env(section: TeacherSection) -> str | None:
+    """The key named by `api_key_env`; a named but unset variable is a setup error."""
+    if not section.api_key_env:
+        return None
+    key = os.environ.get(section.api_key_env)
+    if not key:
+        raise RuntimeError(f"teacher.api_key_env names {section.api_key_env}, which is not set")
+    return key
+
+
+def sampling_params(section: TeacherSection) -> dict[str, Any]:
+    sampling = section.sampling
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+
+
+def top_logprobs_from_openai(content: list[dict[str, Any]] | None) -> list[dict[str, list[Any]]] | None:
+    """OpenAI-format logprobs -> [{"token_ids": [...k], "logprobs": [...k]}] per token.
+
+    Token ids are only known when the server names tokens 'token_id:N' (vLLM with
+    return_tokens_as_token_ids); text tokens cannot be mapped to ids, so they give None.
+    """
+    if not content:
+        return None
+    steps = []
+    for position in content:
+        ids, values = [], []
+        for alternative in position.get("top_logprobs") or []:
+            token = str(alternative.get("token", ""))
+            if not token.startswith("token_id:"):
+                return None
+            ids.append(int(token.split(":", 1)[1]))
+            values.append(float(alternative.get("logprob", 0.0)))
+        steps.append({"token_ids": ids, "logprobs": values})
+    return steps
+
+
+class RemoteTeacher:
+    """Base of the HTTP backends; see the module docstring."""
+
+    kind = "remote"
+
+    def __init__(self, section: TeacherSection) -> None:
+        self.section = section
+        self.name = f"{self.kind}:{section.model}"
+        self._policy = RetryPolicy(
+            max_attempts=section.max_attempts,
+            initial_backoff_s=section.backoff_initial_s,
+            max_backoff_s=section.backoff_max_s,
+            timeout_s=section.timeout_s,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._limits: RateLimits | None = None
+        self._private_loop: asyncio.AbstractEventLoop | None = None
+        self._private_thread: threading.Thread | None = None
+
+    # --- subclass hooks -------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Create the SDK client (inside the loop that will use it)."""
+
+    async def _complete(self, request: ChatRequest) -> TeacherResponse:
+        raise NotImplementedError
+
+    async def _aclose(self) -> None:
+        """Close the SDK client."""
+
+    # --- the fan-out ------------------------------------------------------------------------
+
+    async def agenerate(self, requests: list[ChatRequest]) -> list[TeacherResponse]:
+        await self._bind_to_running_loop()
+        return list(await asyncio.gather(*(self._one(request) for request in requests)))
+
+    async def _bind_to_running_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            raise RuntimeError(f"{self.name}: used from two event loops")
+        self._loop = loop
+        self._slots = asyncio.Semaphore(self.section.concurrency)
+        # Limits are for the whole run; each of the `replicas` workers takes its share.
+        share = max(self.section.replicas, 1)
+        rpm, tpm = self.section.requests_per_minute, self.section.tokens_per_minute
+        self._limits = RateLimits(rpm / share if rpm else None, tpm / share if tpm else None)
+        await self._open()
+
+    async def _one(self, request: ChatRequest) -> TeacherResponse:
+        assert self._slots is not None and self._limits is not None
+        try:
+            response, attempts = await call_with_retries(
+                lambda: self._complete(request),
+                policy=self._policy,
+                limits=self._limits,
+                slots=self._slots,
+                estimated_tokens=self._estimated_tokens(request),
+            )
+        except RequestFailed as failed:
+            error = f"{failed.reason}: {failed.detail}" if failed.detail else failed.reason
+            return self._error_row(request, error[:_DETAIL_CHARS], failed.status, failed.attempts)
+        except Exception as unexpected:  # one odd reply must not end the run: it becomes data
+            log.warning("%s: row %s failed unexpectedly: %r", self.name, request.id, unexpected)
+            return self._error_row(request, f"unexpected: {type(unexpected).__name__}", None, 1)
+        response.attempts = attempts
+        return response
+
+    def _estimated_tokens(self, request: ChatRequest) -> int:
+        # About 4 characters a token for the prompt, plus the most the answer may take.
+        chars = sum(len(str(message.get("content", ""))) for message in request.messages)
+        return chars // 4 + self.section.sampling.max_tokens
+
+    def _error_row(self, request: ChatRequest, error: str, status: int | None, attempts: int) -> TeacherResponse:
+        return TeacherResponse(
+            id=request.id, request_hash=request.request_hash, teacher=self.name, error=error, status=status, attempts=attempts
+        )
+
+    # --- the blocking entry point -----------------------------------------------------------
+
+    def generate(self, requests: list[ChatRequest]) -> list[TeacherResponse]:
+        return self._run_private(self.agenerate(requests))
+
+    def _run_private(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._private_loop is None:
+            self._private_loop = asyncio.new_event_loop()
+            self._private_thread = threading.Thread(target=self._private_loop.run_forever, daemon=True)
+            self._private_thread.start()
+        return asyncio.run_coroutine_threadsafe(coroutine, self._private_loop).result()
+
+    async def aclose(self) -> None:
+        if self._loop is not None:
+            await self._aclose()
+            self._loop = None
+
+    def close(self) -> None:
+        if self._private_loop is not None:
+            self._run_private(self.aclose())
+            self._private_loop.call_soon_threadsafe(self._private_loop.stop)
+            if self._private_thread is not None:
+                self._private_thread.join(5)
+            self._private_loop = None
