@@ -1,0 +1,1 @@
+"""Test helpers that ship with kdist: stand-ins for outside services, run on loopback."""
