@@ -145,8 +145,8 @@ def pod_template(
 ) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "serviceAccountName": cluster.service_account,
-        # Ray pods never call the Kubernetes API: no token in them.
-        "automountServiceAccountToken": False,
+        # Ray pods never call the Kubernetes API, except the autoscaler beside the head.
+        "automountServiceAccountToken": cluster.autoscaling and component == "ray-head",
         "securityContext": pod_security_context(),
     }
     if group.node_selector:

@@ -52,7 +52,9 @@ def restricted_profile_errors(obj: dict[str, Any]) -> list[str]:
     for where, template in pod_templates(obj):
         spec = template["spec"]
         pod_sc = spec.get("securityContext", {})
-        if spec.get("automountServiceAccountToken") is not False:
+        if spec.get("automountServiceAccountToken") is not False and not _autoscaled_head(
+            obj, where
+        ):
             errors.append(f"{where}: service account token mounted")
         if pod_sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             errors.append(f"{where}: seccompProfile is not RuntimeDefault")
@@ -70,3 +72,9 @@ def restricted_profile_errors(obj: dict[str, Any]) -> list[str]:
             if sc.get("privileged"):
                 errors.append(f"{name}: privileged")
     return errors
+
+
+def _autoscaled_head(obj: dict[str, Any], where: str) -> bool:
+    """The Ray autoscaler runs beside the head and needs the API (KubeRay binds its Role)."""
+    cluster = obj.get("spec", {}).get("rayClusterSpec", {})
+    return where == "head" and bool(cluster.get("enableInTreeAutoscaling"))

@@ -179,10 +179,14 @@ def test_lifecycle_defaults_do_not_leak_clusters(chart):
     assert spec["ttlSecondsAfterFinished"] > 0
     assert spec["activeDeadlineSeconds"] > 0
     assert spec["backoffLimit"] == 0
+    # The default config is the offline demo, so the default stage is the demo.
     assert spec["entrypoint"] == (
-        f"python /opt/kdist/ray_jobs/run.py --config /etc/kdist/config.yaml"
+        f"python /opt/kdist/ray_jobs/demo.py --config /etc/kdist/config.yaml"
         f" run.output_dir=/outputs/{RELEASE}"
     )
+    with_config = {"config": {"teacher": {"model": "t"}, "student": {"model": "s"}}}
+    entrypoint = one(objects(chart, with_config), "RayJob")["spec"]["entrypoint"]
+    assert entrypoint.startswith("python /opt/kdist/ray_jobs/run.py ")
 
 
 def test_eight_gpus_are_requested_and_limited(chart):
@@ -273,7 +277,12 @@ def test_autoscaling_enables_the_ray_autoscaler_within_bounds(chart):
     worker = cluster["workerGroupSpecs"][0]
     assert (worker["minReplicas"], worker["maxReplicas"]) == (0, 8)
     assert spec["entrypoint"] == "python /opt/kdist/ray_jobs/generate.py --config /etc/kdist/config.yaml"
-    assert "enableInTreeAutoscaling" not in one(objects(chart, {}), "RayJob")["spec"]["rayClusterSpec"]
+    # The autoscaler beside the head talks to the API; nothing else gets a token.
+    assert cluster["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert worker["template"]["spec"]["automountServiceAccountToken"] is False
+    default = one(objects(chart, {}), "RayJob")["spec"]["rayClusterSpec"]
+    assert "enableInTreeAutoscaling" not in default
+    assert default["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
 def test_configmap_holds_a_valid_run_config_mounted_in_every_pod(chart):

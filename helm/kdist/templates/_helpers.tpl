@@ -6,6 +6,10 @@ than 47 characters (it derives cluster and service names from them).
 {{- default .Release.Name .Values.fullnameOverride | trunc 47 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "kdist.stage" -}}
+{{- .Values.stage | default (ternary "run" "demo" (not (empty .Values.config))) -}}
+{{- end -}}
+
 {{- define "kdist.selectorLabels" -}}
 app.kubernetes.io/name: kdist
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -114,7 +118,8 @@ metadata:
     app.kubernetes.io/component: {{ .component }}
 spec:
   serviceAccountName: {{ include "kdist.serviceAccountName" $root }}
-  automountServiceAccountToken: false
+  {{- /* Only the autoscaler (a sidecar of the head) calls the Kubernetes API. */}}
+  automountServiceAccountToken: {{ and $v.autoscaling.enabled (eq .component "ray-head") }}
   securityContext:
     {{- include "kdist.podSecurityContext" $root | nindent 4 }}
   {{- with $v.imagePullSecrets }}
