@@ -93,7 +93,7 @@ def test_retry_after_is_honoured(kind, make_requests):
 
 
 def test_timeout_then_success_and_exhausted_retries_become_error_rows(kind, make_requests):
-    timeouts = FaultPlan(transient={"timeout": 1.0}, max_consecutive=1, hang_s=5.0)
+    timeouts = FaultPlan(transient={"timeout": 1.0}, max_consecutive=1, hang_s=1.0)
     with LLMServer(ServerSettings(faults=timeouts)) as server:
         teacher = make_teacher(kind, server, timeout_s=0.3)
         [response] = teacher.generate(make_requests(1))
