@@ -54,6 +54,7 @@ import torch.nn.functional as F
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 TailMode = Literal["bucket", "renormalise"]
 IGNORE_INDEX = -100
+_CHUNK_LOGITS = 1 << 23  # logits per chunk when the caller does not choose
 _TAIL_FLOOR = -80.0  # log of the smallest tail mass the top-k bucket represents
 
 
@@ -248,14 +249,17 @@ def chunked_kd_loss(
     params: KDParams,
     num_loss_tokens: int | torch.Tensor,
     head_bias: torch.Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> LossParts:
     """The same loss as `kd_loss(hidden @ head_weight.T, ...)` without the [N, V] logits.
 
     hidden [N, H] (any leading dims are flattened; labels alike), head_weight [V, H]. Tokens
     whose label is -100 are dropped before any logits are built, so padding and prompt tokens
     cost nothing. Gradients flow to hidden, head_weight and head_bias when they require them.
+    chunk_size (tokens per chunk) defaults to about 2^23 logits per chunk (32 MiB in fp32):
+    256 tokens at a 32k vocabulary, 64 at 128k; big enough that the matmuls stay efficient.
     """
+    chunk_size = chunk_size or max(16, _CHUNK_LOGITS // head_weight.shape[0])
     hidden = hidden.reshape(-1, hidden.shape[-1])
     labels = labels.reshape(-1)
     keep = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
