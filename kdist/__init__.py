@@ -1,0 +1,1 @@
+"""kdist: LLM knowledge distillation on Ray."""

@@ -1,0 +1,143 @@
+"""The `kdist` command line: one subcommand per stage, the whole run, the demo and validation.
+
+argparse gives `--help` on every subcommand and exits 2 on usage errors; config errors
+(ConfigError) also exit 2 with one line. Each area of kdist registers its own subcommands
+through a `register(subparsers)` function, so this module stays a thin index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from kdist.config import ConfigError, RunConfig, load_config
+from kdist.errors import UsageError
+
+USAGE_ERROR = 2
+
+
+def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", "-c", required=required, help="run config (YAML)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides applied on top of the config, e.g. teacher.concurrency=32",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.config, args.overrides)
+
+
+def _stage_command(stage: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        from kdist import pipeline
+
+        config = config_from_args(args)
+        return pipeline.run_stages(config, [stage], resume=args.resume)
+
+    return handler
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kdist import pipeline
+
+    config = config_from_args(args)
+    return pipeline.run_stages(config, pipeline.STAGES, resume=args.resume)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    print(f"{args.config}: ok (run '{config.run.name}', outputs in {config.run.output_dir})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kdist import demo
+
+    return demo.run_demo(args.config, args.overrides, resume=args.resume)
+
+
+STAGE_HELP = {
+    "prepare": "build chat prompts for the task -> prompts/",
+    "generate": "have the teacher answer every prompt -> responses/",
+    "judge": "score the teacher's answers -> judgements/",
+    "filter": "keep the good answers -> sft/train, sft/validation",
+    "train": "fine-tune the student on them with Ray Train + DeepSpeed -> student/",
+    "evaluate": "student vs base vs teacher on held-out data -> eval/",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdist", description="LLM knowledge distillation on Ray and Kubernetes."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run every stage in order")
+    add_config_args(run)
+    _add_resume(run)
+    run.set_defaults(handler=_run)
+
+    for stage, text in STAGE_HELP.items():
+        stage_parser = sub.add_parser(stage, help=text, description=text)
+        add_config_args(stage_parser)
+        _add_resume(stage_parser)
+        stage_parser.set_defaults(handler=_stage_command(stage))
+
+    demo = sub.add_parser(
+        "demo", help="offline end-to-end demo: train a teacher, distil a student, compare"
+    )
+    add_config_args(demo, required=False)
+    _add_resume(demo)
+    demo.set_defaults(handler=_demo)
+
+    validate = sub.add_parser("validate", help="check a run config and exit")
+    add_config_args(validate)
+    validate.set_defaults(handler=_validate)
+
+    for register in _extra_registrations():
+        register(sub)
+    return parser
+
+
+def _add_resume(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished stages of an earlier run in the same output dir and do only the rest",
+    )
+
+
+def _extra_registrations() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands that live with their own area of kdist."""
+    from kdist.k8s import commands as k8s_commands  # here: it imports add_config_args from us
+
+    registrations: list[Callable[[argparse._SubParsersAction], None]] = [k8s_commands.register]
+    return registrations
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"kdist: config error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    except UsageError as err:
+        print(f"kdist: {err}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

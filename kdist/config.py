@@ -1,0 +1,409 @@
+"""The run config: one YAML file that describes a whole distillation run.
+
+Typed with pydantic so that an unknown key, a wrong type or a missing field fails before any
+work starts, with one line that names the dotted path and what is allowed (ConfigError).
+API keys never live in the config: teacher/judge sections name the environment variable
+(or Kubernetes Secret key) that holds them, so a saved config cannot leak a secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, in one line that names the dotted path. The CLI exits 2 on it."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+
+
+class RuntimeSection(Section):
+    # None: attach to RAY_ADDRESS when set, otherwise start a local Ray bound to 127.0.0.1.
+    ray_address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    log_to_driver: bool = True
+
+
+class SyntheticSource(Section):
+    """A procedurally generated multiple-choice task (offline, seeded)."""
+
+    kind: Literal["synthetic_mc"] = "synthetic_mc"
+    # Rows per split: teacher_train is labelled data for the demo's own teacher; train is the
+    # unlabelled pool the teacher answers; validation and test are held out.
+    teacher_train: int = Field(default=6000, ge=0)
+    train: int = Field(default=2000, ge=1)
+    validation: int = Field(default=300, ge=1)
+    test: int = Field(default=500, ge=1)
+
+
+class FileSource(Section):
+    """Local or object-storage JSONL/Parquet rows (path may be s3://, gs://, abfs://)."""
+
+    kind: Literal["jsonl", "parquet"]
+    path: str
+    # Column names in the source rows.
+    question_field: str = "question"
+    choices_field: str = "choices"
+    answer_field: str | None = "answer"
+    split_field: str | None = "split"
+
+
+class HFSource(Section):
+    """A Hugging Face `datasets` dataset (a hub id, which needs network, or a local dir)."""
+
+    kind: Literal["hf"]
+    path: str
+    name: str | None = None
+    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "test": "test"})
+    question_field: str = "question"
+    choices_field: str = "choices"
+    answer_field: str | None = "answerKey"
+
+
+class DataSection(Section):
+    task: Literal["multiple_choice"] = "multiple_choice"
+    source: SyntheticSource | FileSource | HFSource = Field(
+        default_factory=SyntheticSource, discriminator="kind"
+    )
+    system_prompt: str | None = None
+
+
+class SamplingSection(Section):
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=16, ge=1)
+    # Top-k logprobs per generated token, stored for logit-level KD (None: not requested).
+    top_logprobs: int | None = Field(default=None, ge=1, le=20)
+
+
+class PriceSection(Section):
+    """What the teacher charges, for the run summary's cost estimate."""
+
+    input_per_million_tokens: float = Field(ge=0.0)
+    output_per_million_tokens: float = Field(ge=0.0)
+    currency: str = "USD"
+
+
+class TeacherSection(Section):
+    # hf: local transformers; openai: any OpenAI-compatible API; azure: azure-ai-inference;
+    # vllm: vLLM engine inside the Ray cluster through ray.data.llm.
+    kind: Literal["hf", "openai", "azure", "vllm"] = "hf"
+    model: str = Field(description="local model dir, HF model id, or the deployment/model name")
+    endpoint: str | None = None
+    # Name of the environment variable that holds the API key; the key itself never goes here.
+    api_key_env: str | None = None
+    api_version: str | None = None
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    concurrency: int = Field(default=8, ge=1, description="requests in flight per worker")
+    batch_size: int = Field(default=32, ge=1)
+    replicas: int = Field(default=1, ge=1, description="teacher workers (actors) in the cluster")
+    # The held-out split is answered too: the evaluate stage compares the teacher on it.
+    splits: list[str] = Field(default_factory=lambda: ["train", "validation", "test"])
+    min_success_ratio: float = Field(default=0.95, ge=0.0, le=1.0)
+    # Remote endpoints (openai, azure): client-side budgets for the whole run (split across
+    # replicas), retries of transient failures, and the per-attempt timeout.
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    max_attempts: int = Field(default=6, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0.0)
+    backoff_initial_s: float = Field(default=0.5, gt=0.0)
+    backoff_max_s: float = Field(default=30.0, gt=0.0)
+    # Extra request body fields passed through as is (OpenAI extra_body, Azure model_extras),
+    # e.g. {return_tokens_as_token_ids: true} for vLLM servers when storing top-k logprobs.
+    request_extras: dict[str, Any] = Field(default_factory=dict)
+    # vllm: GPUs per engine replica (replicas above sets how many engines run).
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    # vllm: extra vLLM engine arguments (max_model_len, enable_prefix_caching, dtype...).
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    prices: PriceSection | None = None
+
+    @model_validator(mode="after")
+    def _remote_needs_endpoint(self) -> TeacherSection:
+        if self.kind in ("openai", "azure") and not self.endpoint:
+            raise ValueError(f"endpoint is required when kind is '{self.kind}'")
+        return self
+
+
+class JudgeSection(Section):
+    # rule: checks the answer parses for the task (offline); vllm: an LLM judge (later issue).
+    kind: Literal["rule"] = "rule"
+    min_score: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class ModelBuildSection(Section):
+    """Architecture of a tiny Llama built from scratch (offline demo and tests)."""
+
+    hidden_size: int = Field(default=64, ge=8)
+    num_layers: int = Field(default=2, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    intermediate_size: int | None = None
+    init_std: float = Field(default=0.1, gt=0.0)
+    max_position_embeddings: int = Field(default=128, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelBuildSection:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads")
+        return self
+
+
+class StudentSection(Section):
+    # A local HF model dir or hub id; with `build`, a tiny model is built there offline.
+    model: str
+    build: ModelBuildSection | None = None
+
+
+class LoraSection(Section):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # Fully trained modules beside the adapter (e.g. lm_head for a model built from scratch).
+    modules_to_save: list[str] = Field(default_factory=list)
+
+
+class TrainSection(Section):
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSection = Field(default_factory=LoraSection)
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    zero_stage: int = Field(default=2, ge=0, le=3)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    learning_rate: float = Field(default=2e-3, gt=0.0)
+    batch_size: int = Field(default=64, ge=1, description="global batch, split across workers")
+    max_steps: int = Field(default=300, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0.0)
+    eval_every: int = Field(default=25, ge=1)
+    # Stop early once validation accuracy reaches this (None: run max_steps).
+    target_accuracy: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_seq_len: int = Field(default=96, ge=8)
+
+
+class EvaluateSection(Section):
+    split: str = "test"
+    batch_size: int = Field(default=64, ge=1)
+
+
+class DemoSection(Section):
+    """Settings that only the offline demo uses: it trains its own teacher first."""
+
+    teacher_build: ModelBuildSection = Field(
+        default_factory=lambda: ModelBuildSection(hidden_size=128, num_layers=3, num_heads=8)
+    )
+    teacher_train: TrainSection = Field(
+        default_factory=lambda: TrainSection(
+            method="full", max_steps=1500, max_seconds=300, target_accuracy=0.95
+        )
+    )
+    # Refuse to distil from a teacher whose test accuracy is not at least this.
+    min_teacher_accuracy: float = Field(default=0.6, gt=0.0, le=1.0)
+    tokenizer_vocab_size: int = Field(default=600, ge=64)
+
+
+class ResourcesSection(Section):
+    """Requests of one Ray pod; limits are set equal (GPUs as nvidia.com/gpu)."""
+
+    cpu: str = Field(default="4", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="e.g. 4, 500m")
+    memory: str = Field(default="16Gi", pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$")
+    gpu: int = Field(default=0, ge=0, description="nvidia.com/gpu per pod")
+
+
+class TolerationSection(Section):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class PodGroupSection(Section):
+    """Where and how big the pods of one Ray group are."""
+
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[TolerationSection] = Field(default_factory=list)
+    # A Kubernetes affinity object, passed through as written.
+    affinity: dict[str, Any] | None = None
+
+
+class WorkerGroupSection(PodGroupSection):
+    resources: ResourcesSection = Field(
+        default_factory=lambda: ResourcesSection(cpu="8", memory="64Gi", gpu=1)
+    )
+    replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas_within_bounds(self) -> WorkerGroupSection:
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError("need min_replicas <= replicas <= max_replicas")
+        return self
+
+
+class SecretEnvSection(Section):
+    """One environment variable of the Ray pods filled from a key of a Kubernetes Secret."""
+
+    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="e.g. AZURE_API_KEY")
+    secret_name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str
+
+
+class ClusterSection(Section):
+    """What `kdist submit` needs to run this config as a KubeRay RayJob (ignored locally)."""
+
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    image: str = "ghcr.io/kdist/kdist:0.1.0"
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    service_account: str = "kdist"
+    head: PodGroupSection = Field(
+        default_factory=lambda: PodGroupSection(resources=ResourcesSection(cpu="4", memory="16Gi"))
+    )
+    workers: WorkerGroupSection = Field(default_factory=WorkerGroupSection)
+    # Ray autoscaler inside the RayCluster: workers scale between min_replicas and max_replicas.
+    autoscaling: bool = False
+    # PVCs (must exist): the model/dataset cache (HF_HOME) and the run outputs; None: none.
+    cache_pvc: str | None = "kdist-cache"
+    outputs_pvc: str | None = "kdist-outputs"
+    secret_env: list[SecretEnvSection] = Field(default_factory=list)
+    # RayJob lifecycle: the cluster is torn down after the job, and never outlives a deadline.
+    ttl_seconds_after_finished: int = Field(default=3600, ge=0)
+    active_deadline_seconds: int = Field(default=86400, ge=1)
+    backoff_limit: int = Field(default=0, ge=0)
+
+
+class RunConfig(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    data: DataSection = Field(default_factory=DataSection)
+    teacher: TeacherSection
+    judge: JudgeSection = Field(default_factory=JudgeSection)
+    student: StudentSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    demo: DemoSection | None = None
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+
+
+# --- loading, overrides, errors -------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config, apply dotted overrides (`teacher.concurrency=32`), validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(describe_first_error(err)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in the raw config; the value is parsed as YAML (numbers, lists...)."""
+    key, sep, text = override.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(f"override '{override}' must look like section.key=value")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(text) if text else None
+
+
+def describe_first_error(err: ValidationError) -> str:
+    """One line for the first validation error: dotted path, problem, what is allowed."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"] if not _is_union_tag(part)]
+    dotted = ".".join(loc) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"unknown key '{dotted}'{did_you_mean}; allowed: {', '.join(allowed)}"
+    if first["type"] == "missing":
+        return f"missing required key '{dotted}'"
+    got = first.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+    return f"'{dotted}': {first['msg']}{shown}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the discriminator value of a tagged union in the location, e.g.
+    # ('data', 'source', 'synthetic_mc', 'teacher_train'); it is not a key the user wrote.
+    return isinstance(part, str) and part in {"synthetic_mc", "jsonl", "parquet", "hf"}
+
+
+def _allowed_keys(parent: list[str]) -> list[str]:
+    model: Any = RunConfig
+    for part in parent:
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[Section] | None:
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# --- saving ------------------------------------------------------------------------------------
+
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)$", re.IGNORECASE)
+
+
+def redacted(data: Any) -> Any:
+    """A copy with values under secret-looking keys replaced (`api_key_env` names stay)."""
+    if isinstance(data, dict):
+        return {
+            key: "***" if _SECRET_KEY.search(str(key)) and value else redacted(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [redacted(item) for item in data]
+    return data
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(redacted(config.model_dump(mode="json")), sort_keys=False)

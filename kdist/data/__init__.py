@@ -1,0 +1,1 @@
+"""Data: sources, task templates, synthetic tasks and the prepare stage."""

@@ -1,0 +1,50 @@
+"""A procedurally generated multiple-choice task, learnable from scratch by tiny models.
+
+"Which item is a <category>?" with five choices: one word of that category and four words of
+other categories, in a random order. Seeded, so every run sees the same rows.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from kdist.data.tasks import LETTERS, MultipleChoice
+
+CATEGORIES: dict[str, list[str]] = {
+    "fruit": ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum"],
+    "animal": ["dog", "cat", "horse", "tiger", "rabbit", "wolf", "sheep", "goat", "mouse"],
+    "color": ["red", "blue", "green", "yellow", "purple", "orange", "brown", "pink", "gray"],
+    "vehicle": ["car", "bus", "truck", "train", "bicycle", "boat", "plane", "tram", "scooter"],
+    "tool": ["hammer", "saw", "wrench", "drill", "shovel", "chisel", "pliers", "axe", "rake"],
+    "country": ["france", "japan", "brazil", "kenya", "canada", "india", "spain", "peru", "egypt"],
+    "instrument": ["piano", "violin", "guitar", "drum", "flute", "trumpet", "harp", "cello", "oboe"],
+    "body part": ["arm", "leg", "hand", "foot", "nose", "ear", "knee", "elbow", "shoulder"],
+}
+NUM_CHOICES = 5
+
+
+def make_question(rng: random.Random) -> MultipleChoice:
+    names = list(CATEGORIES)
+    target, *others = rng.sample(names, NUM_CHOICES)
+    choices = [rng.choice(CATEGORIES[target])] + [rng.choice(CATEGORIES[c]) for c in others]
+    order = list(range(NUM_CHOICES))
+    rng.shuffle(order)
+    shuffled = [choices[i] for i in order]
+    answer = LETTERS[order.index(0)]
+    article = "an" if target[0] in "aeiou" else "a"
+    return MultipleChoice(f"Which item is {article} {target}?", shuffled, answer)
+
+
+def generate(split_sizes: dict[str, int], seed: int) -> Iterator[tuple[str, int, MultipleChoice]]:
+    """(split, index, question) for every split; each split has its own seeded stream."""
+    for split, size in split_sizes.items():
+        rng = random.Random(f"{seed}-{split}")
+        for index in range(size):
+            yield split, index, make_question(rng)
+
+
+def vocabulary_text() -> list[str]:
+    """Text that covers every word the task uses, for training the demo tokenizer."""
+    words = [word for members in CATEGORIES.values() for word in members]
+    return [*CATEGORIES, *words, *LETTERS]

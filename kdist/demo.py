@@ -1,0 +1,155 @@
+"""The offline demo: the whole flow on a laptop, with no GPU, no keys and no downloads.
+
+1. prepare a seeded multiple-choice task (kdist.data.synthetic);
+2. train a tokenizer on it and build a teacher and a smaller student from configs;
+3. train the teacher on labelled data through the same Ray Train + DeepSpeed path, until it
+   reaches a target validation accuracy (or a time cap), and refuse to go on with a teacher
+   that is not clearly above chance: distilling from it would teach nothing;
+4. run the real flow: the teacher answers the unlabelled pool, the rule judge and the filter
+   keep parsable answers, the student is LoRA-tuned on them, and base student, teacher and
+   distilled student are compared on a held-out split.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from kdist import io, pipeline
+from kdist.config import ConfigError, RunConfig, apply_override, validate_config
+from kdist.data.prepare import PROMPTS_FILE
+from kdist.data.synthetic import vocabulary_text
+from kdist.rows import PROMPT_SCHEMA, SFT_SCHEMA
+from kdist.runtime import output_dir, ray_session
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+TEACHER_TRAIN_SPLIT = "teacher_train"
+
+
+class TeacherTooWeak(RuntimeError):
+    pass
+
+
+def run_demo(config_path: str | None, overrides: list[str], resume: bool = False) -> int:
+    started = time.monotonic()
+    config = load_demo_config(config_path, overrides)
+    root = output_dir(config)
+    with ray_session(config):
+        pipeline.run_stages(config, ["prepare"], resume=resume)
+        teacher_accuracy = _prepare_models(config, resume)
+        print(f"teacher validation accuracy: {teacher_accuracy:.3f}", flush=True)
+        if teacher_accuracy < config.demo.min_teacher_accuracy:
+            print(
+                f"kdist demo: the teacher reached only {teacher_accuracy:.3f} validation accuracy "
+                f"(demo.min_teacher_accuracy is {config.demo.min_teacher_accuracy}); distilling "
+                "from it would teach nothing. Train it longer (demo.teacher_train.max_seconds).",
+                flush=True,
+            )
+            return 1
+        pipeline.run_stages(config, pipeline.STAGES[1:], resume=resume)
+    metrics = _write_metrics(config, root, teacher_accuracy, time.monotonic() - started)
+    _print_summary(metrics, root)
+    return 0
+
+
+def load_demo_config(config_path: str | None, overrides: list[str]) -> RunConfig:
+    path = Path(config_path or _default_config_path())
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    for override in overrides:
+        apply_override(raw, override)
+    raw.setdefault("demo", {})
+    # The demo builds its own models under the run directory; name them there by default.
+    root = Path(raw.get("run", {}).get("output_dir", "runs/demo"))
+    raw.setdefault("teacher", {}).setdefault("model", str(root / "models/teacher/model"))
+    raw.setdefault("student", {}).setdefault("model", str(root / "models/student_base"))
+    return validate_config(raw)
+
+
+def _default_config_path() -> Path:
+    here = Path(DEFAULT_CONFIG)
+    return here if here.exists() else Path(__file__).resolve().parents[1] / DEFAULT_CONFIG
+
+
+def _prepare_models(config: RunConfig, resume: bool) -> float:
+    """Tokenizer, teacher (trained) and base student; returns the teacher's val accuracy."""
+    from kdist import modelkit
+    from kdist.train.loop import TrainSpec
+    from kdist.train.trainer import run_training
+
+    models = output_dir(config) / "models"
+    fingerprint = io.fingerprint(config.data.model_dump(), config.demo.model_dump(),
+                                 config.student.model_dump(), config.run.seed)
+    if resume and io.is_done(models, fingerprint):
+        log.info("demo models: done earlier with the same settings, skipped (--resume)")
+        return io.read_json(models / io.SUCCESS_FILE)["summary"]["teacher_val_accuracy"]
+    io.clear_done(models)
+    prompts = io.read_table(pipeline.stage_paths(config)["prepare"] / PROMPTS_FILE,
+                            schema=PROMPT_SCHEMA).to_pylist()
+    tokenizer = modelkit.train_tokenizer(_tokenizer_corpus(prompts),
+                                         config.demo.tokenizer_vocab_size, models / "tokenizer")
+    modelkit.build_llama(config.demo.teacher_build, tokenizer, models / "teacher_init", config.run.seed)
+    if config.student.build is None:
+        raise ConfigError("the demo builds its student: set student.build (hidden_size, ...)")
+    modelkit.build_llama(config.student.build, tokenizer, Path(config.student.model), config.run.seed + 1)
+    for split in (TEACHER_TRAIN_SPLIT, "validation"):
+        io.write_table(models / f"labelled_{split}.parquet", _labelled_rows(prompts, split))
+    spec = TrainSpec(
+        model_dir=str(models / "teacher_init"),
+        train_path=str(models / f"labelled_{TEACHER_TRAIN_SPLIT}.parquet"),
+        eval_path=str(models / "labelled_validation.parquet"),
+        out_dir=str(models / "teacher"),
+        train=config.demo.teacher_train.model_dump(mode="json"),
+        seed=config.run.seed,
+        label="teacher",
+    )
+    result = run_training(spec)
+    io.mark_done(models, fingerprint, {"teacher_val_accuracy": result["val_accuracy"]})
+    return result["val_accuracy"]
+
+
+def _tokenizer_corpus(prompts: list[dict[str, Any]]) -> list[str]:
+    texts = [m["content"] for p in prompts for m in p["messages"]]
+    return vocabulary_text() + texts
+
+
+def _labelled_rows(prompts: list[dict[str, Any]], split: str) -> pa.Table:
+    rows = [
+        {"id": p["id"], "top_logprobs": None,
+         "messages": [*p["messages"], {"role": "assistant", "content": p["reference"]}]}
+        for p in prompts
+        if p["split"] == split
+    ]
+    return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
+
+
+def _write_metrics(config: RunConfig, root: Path, teacher_val: float, seconds: float) -> dict:
+    evaluation = io.read_json(pipeline.stage_paths(config)["evaluate"] / "metrics.json")
+    metrics = {
+        "accuracy": evaluation["accuracy"],
+        "eval_split": evaluation["split"],
+        "eval_rows": evaluation["rows"],
+        "teacher_val_accuracy": teacher_val,
+        "wall_seconds": round(seconds, 1),
+        "stage_seconds": io.read_json(root / "stage_seconds.json"),
+    }
+    io.write_json(root / "metrics.json", metrics)
+    return metrics
+
+
+def _print_summary(metrics: dict[str, Any], root: Path) -> None:
+    accuracy = metrics["accuracy"]
+    print(f"\naccuracy on {metrics['eval_rows']} held-out questions (chance is 0.2):")
+    for model in ("base", "teacher", "student"):
+        print(f"  {model:8s} {accuracy.get(model, float('nan')):.3f}")
+    print(f"wall time {metrics['wall_seconds']:.0f}s; outputs in {root} "
+          f"(metrics.json, eval/report.md)", flush=True)

@@ -1,0 +1,107 @@
+"""Ray init and shutdown, the environment every Ray worker gets, and run paths.
+
+One entry point, `ray_session`: on a cluster (RAY_ADDRESS set, as under `ray job submit` and
+KubeRay, or runtime.ray_address) it attaches and leaves the cluster alone afterwards; on a
+laptop or CI it starts a private single-node Ray bound to 127.0.0.1 and shuts it down after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from kdist.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+# Env vars every Ray worker of a kdist job gets. DeepSpeed picks its accelerator by probing;
+# naming it on CPU-only clusters avoids a CUDA probe, and one thread per worker keeps 2 Ray
+# workers on a 2-core machine from oversubscribing the cores.
+CPU_WORKER_ENV = {
+    "DS_ACCELERATOR": "cpu",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def worker_env(use_gpu: bool) -> dict[str, str]:
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if not use_gpu:
+        env.update(CPU_WORKER_ENV)
+    return env
+
+
+@contextlib.contextmanager
+def ray_session(config: RunConfig, use_gpu: bool = False) -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = config.runtime.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("attaching to the Ray cluster at %s", address)
+        ray.init(
+            address=address,
+            log_to_driver=config.runtime.log_to_driver,
+            runtime_env={"env_vars": worker_env(use_gpu)},
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()  # disconnects this driver; the cluster keeps running
+        return
+    with _local_ray(config, use_gpu):
+        yield
+
+
+@contextlib.contextmanager
+def _local_ray(config: RunConfig, use_gpu: bool) -> Iterator[None]:
+    import ray
+    from ray._private import ray_constants
+
+    # Ray resolves 127.0.0.1 to the machine's network address unless it believes clustering is
+    # off; a private local Ray must stay on loopback. The env var reaches the raylet and the
+    # workers it spawns, the attribute this already-imported process.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    # A per-session temp dir: a stale ray_current_cluster file in a shared one makes a later
+    # ray.init() hang trying to reach a dead cluster.
+    temp_dir = tempfile.mkdtemp(prefix="kdist-ray-")
+    log.info("starting a local Ray on %s (temp dir %s)", LOOPBACK, temp_dir)
+    ray.init(
+        _node_ip_address=LOOPBACK,
+        _temp_dir=temp_dir,
+        num_cpus=config.runtime.num_cpus,
+        include_dashboard=False,
+        log_to_driver=config.runtime.log_to_driver,
+        runtime_env={"env_vars": worker_env(use_gpu)},
+    )
+    try:
+        node_ip = ray.nodes()[0]["NodeManagerAddress"]
+        if node_ip != LOOPBACK:
+            raise RuntimeError(f"local Ray bound to {node_ip}, not {LOOPBACK}")
+        yield
+    finally:
+        ray.shutdown()
+
+
+def output_dir(config: RunConfig) -> Path:
+    return Path(config.run.output_dir).resolve()
+
+
+def stage_dir(config: RunConfig, stage: str) -> Path:
+    return output_dir(config) / stage
+
+
+def resolve_model(reference: str) -> str:
+    """A model reference that remote workers can use: local dirs become absolute (Ray Train
+    workers run in their own working dir), hub ids and URIs pass unchanged."""
+    path = Path(reference).expanduser()
+    return str(path.resolve()) if path.exists() else reference

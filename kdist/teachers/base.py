@@ -1,0 +1,70 @@
+"""The one small interface every teacher backend implements: chat requests in, responses out.
+
+A backend never raises for a single row: a row that fails comes back as a TeacherResponse with
+`error` set (the reason), `status` (HTTP status when there was one) and `attempts`, so one bad
+row or one 429 never kills a long run. Exceptions are for the whole backend being unusable
+(bad endpoint config, missing key, model dir absent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    id: str
+    messages: list[dict[str, str]]
+    request_hash: str
+
+
+@dataclass
+class TeacherResponse:
+    id: str
+    request_hash: str
+    teacher: str
+    response: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # Per generated token: {"token_ids": [...k], "logprobs": [...k]}, the teacher's top-k.
+    top_logprobs: list[dict[str, list[Any]]] | None = None
+    error: str | None = None
+    status: int | None = None
+    attempts: int = 1
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Teacher(Protocol):
+    name: str
+
+    def generate(self, requests: list[ChatRequest]) -> list[TeacherResponse]:
+        """One response per request, in the same order; per-row failures are error rows."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def request_hash(model: str, messages: list[dict[str, str]], sampling: dict[str, Any]) -> str:
+    """Stable id of what is asked: a rerun with the same hash is the same (paid) request."""
+    canonical = json.dumps(
+        {"model": model, "messages": messages, "sampling": sampling},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass
+class GenerationSummary:
+    done: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0

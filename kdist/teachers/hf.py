@@ -1,0 +1,90 @@
+"""Local transformers generation: small models, tests, and the offline demo's teacher.
+
+Greedy or sampled generation in left-padded batches. Top-k logprobs of the generated tokens
+come from the generation scores when asked for, in the same compact form the remote backends
+store (token ids and logprobs, k per generated token).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdist.config import SamplingSection
+from kdist.teachers.base import ChatRequest, TeacherResponse
+
+
+class HFTeacher:
+    def __init__(self, model: str, sampling: SamplingSection, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = f"hf:{model}"
+        self.sampling = sampling
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer.padding_side = "left"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device)
+        self.model.eval()
+
+    def generate(self, requests: list[ChatRequest]) -> list[TeacherResponse]:
+        import torch
+
+        prompts = [
+            self.tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True)
+            for r in requests
+        ]
+        batch = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=self.sampling.max_tokens,
+                do_sample=self.sampling.temperature > 0,
+                temperature=self.sampling.temperature or None,
+                top_p=self.sampling.top_p if self.sampling.temperature > 0 else None,
+                output_scores=self.sampling.top_logprobs is not None,
+                return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        new_tokens = out.sequences[:, batch["input_ids"].shape[1] :]
+        top = self._top_logprobs(out.scores) if self.sampling.top_logprobs else None
+        return [
+            self._response(request, new_tokens[i], batch["attention_mask"][i], top, i)
+            for i, request in enumerate(requests)
+        ]
+
+    def _response(self, request, tokens, attention_mask, top, index) -> TeacherResponse:
+        eos = self.tokenizer.eos_token_id
+        token_list = tokens.tolist()
+        finished = eos in token_list
+        length = token_list.index(eos) + 1 if finished else len(token_list)
+        text = self.tokenizer.decode(token_list[:length], skip_special_tokens=True)
+        return TeacherResponse(
+            id=request.id,
+            request_hash=request.request_hash,
+            teacher=self.name,
+            response=text.strip(),
+            finish_reason="stop" if finished else "length",
+            prompt_tokens=int(attention_mask.sum()),
+            completion_tokens=length,
+            top_logprobs=[step[index] for step in top[:length]] if top else None,
+        )
+
+    def _top_logprobs(self, scores) -> list[list[dict[str, Any]]]:
+        """Per generated step, per row: the k most likely token ids and their logprobs."""
+        import torch
+
+        k = self.sampling.top_logprobs
+        steps = []
+        for step_scores in scores:
+            values, ids = torch.log_softmax(step_scores.float(), dim=-1).topk(k, dim=-1)
+            steps.append(
+                [{"token_ids": i.tolist(), "logprobs": v.tolist()} for i, v in zip(ids, values)]
+            )
+        return steps
+
+    def close(self) -> None:
+        del self.model

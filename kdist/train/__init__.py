@@ -1,0 +1,1 @@
+"""Student training: Ray Train TorchTrainer + DeepSpeed ZeRO, LoRA (peft) or full fine-tuning."""

@@ -1,0 +1,35 @@
+"""LoRA with peft: wrap a model for training, then keep the adapter and save a merged model.
+
+The adapter alone (adapter/) is what vLLM can serve as a LoRA next to the base model; the
+merged model (model/) is a plain Hugging Face directory that anything loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdist import io
+from kdist.config import LoraSection
+
+
+def apply_lora(model, lora: LoraSection):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        modules_to_save=lora.modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def save_adapter_and_merged(peft_model, tokenizer, out: Path) -> None:
+    with io.atomic_dir(out / "adapter") as tmp:
+        peft_model.save_pretrained(tmp, safe_serialization=True)
+    merged = peft_model.merge_and_unload()
+    with io.atomic_dir(out / "model") as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
