@@ -12,8 +12,9 @@ behaviour where it matters:
 - merge-patch on objects and on /status; DELETE; list with label and field selectors.
 - watch (`?watch=true`) from a resourceVersion, or from now with synthetic ADDED events,
   streamed as chunked JSON lines until `timeoutSeconds`.
-- modes: `forbidden` (403 for every request, as RBAC would), `crd_installed=False` (404 on
-  ray.io, as when KubeRay is not installed), and a bearer token that must be presented.
+- modes: `forbidden` (403 for every request, as RBAC would), `rules` (the rules of an RBAC
+  Role: a request that no rule allows gets 403), `crd_installed=False` (404 on ray.io, as
+  when KubeRay is not installed), and a bearer token that must be presented.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class FakeKube:
     crd_folder: str | Path | None = None
     crd_installed: bool = True
     forbidden: bool = False
+    # Rules of the Role bound to the client (apiGroups/resources/verbs); None: allow all.
+    rules: list[dict[str, Any]] | None = None
     token: str = "fake-token"
     user: str = "system:serviceaccount:default:kdist-submitter"
     # Server-side cap on one watch request, like the API server's --min-request-timeout.
@@ -345,6 +348,16 @@ class FakeKube:
                 yield event.kind, event.obj
 
 
+def _verb(method: str, match: re.Match, query: dict[str, list[str]]) -> str:
+    """The RBAC verb of a request."""
+    if method == "GET" and not match["name"]:
+        watching = query.get("watch", ["false"])[0] in ("true", "1")
+        return "watch" if watching else "list"
+    return {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update"}.get(
+        method, "delete"
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -437,8 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
         version = match["version"] or match["core_version"]
         if group == "ray.io" and not self.kube.crd_installed:
             raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
-        if self.kube.forbidden:
-            self._forbid(method, group, match)
+        if self.kube.forbidden or not self._allowed(method, group, match, query):
+            self._forbid(method, group, match, query)
         if match["plural"] is None and match["namespace"] is None:
             return self._discovery(group, version)
         resource = RESOURCES.get((group, match["plural"]))
@@ -446,12 +459,25 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
         self._dispatch(method, resource, match["namespace"], match["name"], match["sub"], query, body)
 
-    def _forbid(self, method: str, group: str, match: re.Match) -> None:
-        verb = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update"}.get(
-            method, "delete"
+    def _allowed(
+        self, method: str, group: str, match: re.Match, query: dict[str, list[str]]
+    ) -> bool:
+        rules = self.kube.rules
+        if rules is None or match["plural"] is None:  # discovery is open to every user
+            return True
+        verb = _verb(method, match, query)
+        resource = match["plural"] + (f"/{match['sub']}" if match["sub"] else "")
+        return any(
+            group in rule.get("apiGroups", [])
+            and resource in rule.get("resources", [])
+            and verb in rule.get("verbs", [])
+            for rule in rules
         )
-        if method == "GET" and not match["name"]:
-            verb = "list"
+
+    def _forbid(
+        self, method: str, group: str, match: re.Match, query: dict[str, list[str]]
+    ) -> None:
+        verb = _verb(method, match, query)
         plural = match["plural"] or ""
         where = f' in the namespace "{match["namespace"]}"' if match["namespace"] else ""
         raise ApiFailure(
