@@ -1,0 +1,114 @@
+"""The training objective as one module: student (+ frozen teacher) in, loss out.
+
+DeepSpeed wraps this module, not the bare student, so that:
+- the loss goes through the LM head in chunks (kdist.train.losses.chunked_kd_loss) and the
+  student's full-vocabulary logits are never built for the batch;
+- an online teacher lives on the same workers, frozen, and under ZeRO-3 its parameters are
+  partitioned like the student's (a teacher too large for one worker is sharded);
+- the heads' weights, used here outside their own modules' forward, are registered as external
+  parameters, which ZeRO-3 needs to gather them at the right time.
+
+Batches follow the transformers convention: labels unshifted (-100: no loss), and either an
+attention_mask (padded rows) or restarting position_ids without a mask (packed rows, see
+kdist.train.packing). Offline top-k tensors, when present, are aligned with the labels: the
+entry at position i is the teacher's distribution over the token at position i.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdist.train.losses import IGNORE_INDEX, KDParams, OnlineTeacher, TopK, chunked_kd_loss
+
+
+class DistillationObjective(nn.Module):
+    def __init__(
+        self,
+        student: nn.Module,
+        params: KDParams | None = None,
+        teacher: nn.Module | None = None,
+        logits_size: int | None = None,
+        chunk_size: int | None = None,
+    ):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        # Sequence-level KD (SFT on the teacher's text) is the alpha = 1 case: CE alone.
+        self.params = params or KDParams(alpha=1.0)
+        self.logits_size = logits_size
+        self.chunk_size = chunk_size
+        for model in (student, teacher):
+            if model is not None:
+                _register_head_as_external(self, _head(model))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        num_loss_tokens: torch.Tensor | int,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        topk_ids: torch.Tensor | None = None,
+        topk_logprobs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, ce, kd): sums over this batch's loss tokens divided by num_loss_tokens."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "position_ids": position_ids}
+        hidden = _final_hidden(self.student, inputs)[:, :-1]
+        targets = labels[:, 1:]
+        teacher = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_hidden = _final_hidden(self.teacher, inputs)[:, :-1]
+            weight, bias = _head_tensors(self.teacher, self.logits_size)
+            teacher = OnlineTeacher(teacher_hidden, weight, bias)
+        elif topk_ids is not None:
+            teacher = TopK(topk_ids[:, 1:], topk_logprobs[:, 1:])
+        weight, bias = _head_tensors(self.student, self.logits_size)
+        parts = chunked_kd_loss(hidden, weight, targets, teacher, self.params, num_loss_tokens,
+                                head_bias=bias, chunk_size=self.chunk_size)
+        return parts.loss, parts.ce, parts.kd
+
+
+def count_loss_tokens(labels: torch.Tensor) -> int:
+    """Loss tokens of a batch after the causal shift (the first position is never a target)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+
+
+def _head(model: nn.Module) -> nn.Module:
+    head = _base(model).get_output_embeddings()
+    if hasattr(head, "lora_A"):
+        raise ValueError(
+            "train.lora.target_modules: LoRA on the LM head is not supported by the chunked "
+            "loss; train the head fully with train.lora.modules_to_save: [lm_head]"
+        )
+    return head
+
+
+def _head_tensors(model: nn.Module, logits_size: int | None):
+    head = _head(model)
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if logits_size is not None:  # heads padded past the shared vocabulary
+        weight = weight[:logits_size]
+        bias = bias[:logits_size] if bias is not None else None
+    return weight, bias
+
+
+def _final_hidden(model: nn.Module, inputs: dict) -> torch.Tensor:
+    decoder = _base(model).get_decoder()
+    return decoder(**inputs, use_cache=False).last_hidden_state
+
+
+def _register_head_as_external(owner: nn.Module, head: nn.Module) -> None:
+    try:
+        from deepspeed.zero import register_external_parameter
+    except ImportError:  # no DeepSpeed: nothing is partitioned
+        return
+    for param in (head.weight, getattr(head, "bias", None)):  # the active copy under peft
+        if isinstance(param, nn.Parameter):
+            register_external_parameter(owner, param)
