@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdist.config import PodGroupSection, RunConfig
+from kdist.config import PodGroupSection
 from kdist.k8s.rayjob import RAY_VERSION
+from kdist.k8s.shipped_config import ShippedConfig
 
 
-def chart_values(config: RunConfig, stage: str = "run") -> dict[str, Any]:
+def chart_values(run: ShippedConfig, stage: str = "run") -> dict[str, Any]:
+    config = run.config
     cluster = config.cluster
     repository, tag = split_image(cluster.image)
     workers = cluster.workers
@@ -48,7 +50,7 @@ def chart_values(config: RunConfig, stage: str = "run") -> dict[str, Any]:
                 for ref in cluster.secret_env
             ],
         },
-        "config": config.model_dump(mode="json"),
+        "config": run.raw,
     }
 
 

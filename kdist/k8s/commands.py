@@ -8,10 +8,11 @@ import time
 
 import yaml
 
-from kdist.cli import add_config_args, config_from_args
+from kdist.cli import add_config_args
 from kdist.errors import UsageError
 from kdist.k8s.chart_values import chart_values
 from kdist.k8s.rayjob import STAGES, build_configmap, build_rayjob, check_name, job_name
+from kdist.k8s.shipped_config import ShippedConfig, load_shipped_config
 
 FAILED = 1
 
@@ -58,9 +59,11 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    overrides = list(args.overrides)
     if args.namespace:
-        config.cluster.namespace = args.namespace
+        overrides.append(f"cluster.namespace={args.namespace}")
+    run = load_shipped_config(args.config, overrides, args.stage)
+    config = run.config
     name = args.name or job_name(config)
     try:
         check_name(name)
@@ -68,12 +71,12 @@ def _submit(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if args.dry_run or args.print_values:
         if args.print_values:
-            print(yaml.safe_dump(chart_values(config, args.stage), sort_keys=False), end="")
+            print(yaml.safe_dump(chart_values(run, args.stage), sort_keys=False), end="")
         else:
-            objects = [build_configmap(config, name), build_rayjob(config, name, args.stage)]
+            objects = [build_configmap(run, name), build_rayjob(config, name, args.stage)]
             print(yaml.dump_all(objects, Dumper=_BlockDumper, sort_keys=False), end="")
         return 0
-    return _guarded(lambda: _submit_and_follow(args, config, name))
+    return _guarded(lambda: _submit_and_follow(args, run, name))
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -88,13 +91,14 @@ _BlockDumper.add_representer(
 )
 
 
-def _submit_and_follow(args: argparse.Namespace, config, name: str) -> int:
+def _submit_and_follow(args: argparse.Namespace, run: ShippedConfig, name: str) -> int:
     from kdist.k8s import jobs
     from kdist.k8s.api import connect
 
+    config = run.config
     namespace = config.cluster.namespace
     with connect(args.kubeconfig, args.context) as api:
-        created = jobs.submit(api, config, name, args.stage)
+        created = jobs.submit(api, run, name, args.stage)
         print(f"created RayJob {namespace}/{name} (stage {args.stage})")
         print(f"outputs: {jobs.where_outputs_land(config, name)}")
         if args.no_wait:
@@ -106,7 +110,7 @@ def _submit_and_follow(args: argparse.Namespace, config, name: str) -> int:
             namespace,
             since=created["metadata"]["resourceVersion"],
             timeout=args.timeout,
-            on_change=lambda line: print(f"{time.strftime('%H:%M:%S')} {name}: {line}", flush=True),
+            on_change=lambda line: print(f"{time.strftime('%X')} {name}: {line}", flush=True),
         )
         if not outcome.finished:
             print(f"still running after {args.timeout:g} s: kdist status {name} -n {namespace}")

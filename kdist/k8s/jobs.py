@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 
 from kdist.config import RunConfig
 from kdist.k8s.api import KubeError, explained
+from kdist.k8s.shipped_config import ShippedConfig
 from kdist.k8s.rayjob import (
     GROUP,
     PLURAL,
@@ -45,15 +46,16 @@ class Outcome:
     deleted: bool = False
 
 
-def submit(api: client.ApiClient, config: RunConfig, name: str, stage: str) -> dict[str, Any]:
+def submit(api: client.ApiClient, run: ShippedConfig, name: str, stage: str) -> dict[str, Any]:
     """Create the RayJob and its ConfigMap; return the RayJob as the API server stored it."""
+    config = run.config
     namespace = config.cluster.namespace
     rayjob = build_rayjob(config, name, stage)
     with explained(api, "create", f"RayJob {name}", namespace):
         created = client.CustomObjectsApi(api).create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, rayjob
         )
-    configmap = build_configmap(config, name)
+    configmap = build_configmap(run, name)
     configmap["metadata"]["ownerReferences"] = [
         {
             "apiVersion": created["apiVersion"],

@@ -10,13 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kdist.config import (
-    ClusterSection,
-    PodGroupSection,
-    ResourcesSection,
-    RunConfig,
-    config_to_yaml,
-)
+from kdist.config import ClusterSection, PodGroupSection, ResourcesSection, RunConfig
+from kdist.k8s.shipped_config import ShippedConfig
 
 API_VERSION = "ray.io/v1"
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
@@ -78,17 +73,17 @@ def object_labels(name: str) -> dict[str, str]:
     return {**selector_labels(name), "app.kubernetes.io/managed-by": "kdist"}
 
 
-def build_configmap(config: RunConfig, name: str) -> dict[str, Any]:
+def build_configmap(run: ShippedConfig, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
             "name": configmap_name(name),
-            "namespace": config.cluster.namespace,
+            "namespace": run.config.cluster.namespace,
             "labels": object_labels(name),
         },
-        # The saved config is redacted; API keys come from Secrets through secret_env.
-        "data": {CONFIG_FILE: config_to_yaml(config)},
+        # Redacted; API keys reach the pods from Secrets through cluster.secret_env.
+        "data": {CONFIG_FILE: run.to_yaml()},
     }
 
 

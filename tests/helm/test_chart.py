@@ -19,6 +19,7 @@ helm_python = pytest.importorskip("helm_python")
 from kdist.config import validate_config  # noqa: E402
 from kdist.k8s.chart_values import chart_values  # noqa: E402
 from kdist.k8s.rayjob import build_configmap, build_rayjob  # noqa: E402
+from kdist.k8s.shipped_config import shipped  # noqa: E402
 from kdist.testing import kuberay_schema  # noqa: E402
 from kdist.testing.manifests import (  # noqa: E402
     core_errors,
@@ -28,6 +29,7 @@ from kdist.testing.manifests import (  # noqa: E402
 )
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "kdist"
+DEMO_CONFIG = CHART.parents[1] / "configs" / "demo.yaml"
 RELEASE, NAMESPACE = "distil-7b", "ml-team"
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -285,11 +287,23 @@ def test_autoscaling_enables_the_ray_autoscaler_within_bounds(chart):
     assert default["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
-def test_configmap_holds_a_valid_run_config_mounted_in_every_pod(chart):
+def test_the_default_config_is_the_demo_config():
+    shipped_with_chart = CHART / "files" / "config.yaml"
+    assert shipped_with_chart.read_text() == DEMO_CONFIG.read_text(), (
+        "helm/kdist/files/config.yaml differs from configs/demo.yaml:"
+        " cp configs/demo.yaml helm/kdist/files/config.yaml"
+    )
+
+
+def test_configmap_holds_the_run_config_mounted_in_every_pod(chart, tmp_path):
     found = objects(chart, {})
     configmap = one(found, "ConfigMap")
-    config = validate_config(yaml.safe_load(configmap["data"]["config.yaml"]))
-    assert config.run.name == "demo"
+    assert yaml.safe_load(configmap["data"]["config.yaml"]) == yaml.safe_load(
+        DEMO_CONFIG.read_text()
+    )
+    with_config = {"config": {"teacher": {"model": "t"}, "student": {"model": "s"}}}
+    mine = one(objects(chart, with_config), "ConfigMap")["data"]["config.yaml"]
+    assert validate_config(yaml.safe_load(mine)).teacher.model == "t"
     for _, template in pod_templates(one(found, "RayJob")):
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
         assert volumes["config"]["configMap"]["name"] == configmap["metadata"]["name"]
@@ -376,9 +390,13 @@ def test_chart_renders_the_same_rayjob_as_kdist_submit(chart, case, stage):
     config = validate_config(raw)
     name = "same-shape"
     built = build_rayjob(config, name, stage)
-    rendered = render(chart, chart_values(config, stage), name=name)
+    rendered = render(chart, chart_values(shipped(config), stage), name=name)
     from_chart = documents(rendered["kdist/templates/rayjob.yaml"])[0]
     assert from_chart["spec"] == built["spec"]
     configmap = documents(rendered["kdist/templates/configmap.yaml"])[0]
-    assert configmap["metadata"]["name"] == build_configmap(config, name)["metadata"]["name"]
+    expected = build_configmap(shipped(config), name)
+    assert configmap["metadata"]["name"] == expected["metadata"]["name"]
+    assert yaml.safe_load(configmap["data"]["config.yaml"]) == yaml.safe_load(
+        expected["data"]["config.yaml"]
+    )
     assert validate_config(yaml.safe_load(configmap["data"]["config.yaml"])) == config
