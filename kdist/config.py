@@ -178,21 +178,60 @@ class LoraSection(Section):
     modules_to_save: list[str] = Field(default_factory=list)
 
 
+class KDSection(Section):
+    """How the student learns from the teacher (the loss math: kdist/train/losses.py)."""
+
+    # sequence: SFT on the teacher's answers; logit: alpha*CE + (1-alpha)*T^2*D(teacher||student)
+    mode: Literal["sequence", "logit"] = "sequence"
+    # online: the teacher model (teacher.model, local HF dir) runs frozen on the training
+    # workers; offline: the top-k logprobs stored by generate (teacher.sampling.top_logprobs).
+    teacher_logits: Literal["online", "offline"] = "offline"
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
+    temperature: float = Field(default=1.0, gt=0.0)
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: float = Field(default=0.5, gt=0.0, lt=1.0, description="JSD teacher weight")
+    topk_tail: Literal["bucket", "renormalise"] = "bucket"
+    chunk_size: int | None = Field(default=None, ge=1, description="tokens per loss chunk")
+    # Sequence-level KD: also train on the ground-truth answer for this fraction of the rows
+    # whose prompt has a reference (0: teacher answers only).
+    ground_truth_mix: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
 class TrainSection(Section):
     method: Literal["lora", "full"] = "lora"
     lora: LoraSection = Field(default_factory=LoraSection)
+    kd: KDSection = Field(default_factory=KDSection)
     num_workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
     zero_stage: int = Field(default=2, ge=0, le=3)
+    offload_optimizer: bool = False  # ZeRO >= 1: optimizer state in CPU memory
+    offload_params: bool = False  # ZeRO-3: parameters in CPU memory
     precision: Literal["fp32", "bf16"] = "fp32"
     learning_rate: float = Field(default=2e-3, gt=0.0)
+    # Linear warmup (None: 10% of max_steps, at most 50), then constant, linear or cosine decay.
+    warmup_steps: int | None = Field(default=None, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     batch_size: int = Field(default=64, ge=1, description="global batch, split across workers")
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    gradient_checkpointing: bool = False
     max_steps: int = Field(default=300, ge=1)
     max_seconds: float | None = Field(default=None, gt=0.0)
     eval_every: int = Field(default=25, ge=1)
     # Stop early once validation accuracy reaches this (None: run max_steps).
     target_accuracy: float | None = Field(default=None, gt=0.0, le=1.0)
     max_seq_len: int = Field(default=96, ge=8)
+    # Pack several examples per row of max_seq_len tokens (batch_size then counts rows).
+    packing: bool = False
+    checkpoint_every: int | None = Field(default=None, ge=1, description="steps; None: eval_every")
+    max_failures: int = Field(default=0, ge=-1, description="worker-group restarts (-1: forever)")
+    # A DeepSpeed JSON of your own: its keys override the derived ones ("auto" keeps ours).
+    deepspeed_config: str | None = None
+
+    @model_validator(mode="after")
+    def _offload_params_needs_zero3(self) -> TrainSection:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        return self
 
 
 class EvaluateSection(Section):

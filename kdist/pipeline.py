@@ -62,7 +62,9 @@ def run_stages(config: RunConfig, stages: Sequence[str], resume: bool = False) -
             io.clear_done(paths[stage])
             started = time.monotonic()
             log.info("stage %s: starting", stage)
-            summary = RUNNERS[stage](config, paths)
+            # Only training resumes inside a stage (from its checkpoints); others redo the stage.
+            summary = (_train(config, paths, resume=resume) if stage == "train"
+                       else RUNNERS[stage](config, paths))
             timings[stage] = round(time.monotonic() - started, 1)
             io.mark_done(paths[stage], fingerprints[stage], summary)
             log.info("stage %s: finished in %.1fs %s", stage, timings[stage], summary)
@@ -108,7 +110,8 @@ def _filter(config: RunConfig, paths: dict[str, Path]) -> dict[str, Any]:
                       paths["judge"] / JUDGEMENTS_FILE, paths["filter"])
 
 
-def _train(config: RunConfig, paths: dict[str, Path]) -> dict[str, Any]:
+def _train(config: RunConfig, paths: dict[str, Path], resume: bool = False) -> dict[str, Any]:
+    from kdist.data.prepare import PROMPTS_FILE
     from kdist.train.loop import TrainSpec
     from kdist.train.trainer import run_training
 
@@ -120,6 +123,9 @@ def _train(config: RunConfig, paths: dict[str, Path]) -> dict[str, Any]:
         train=config.train.model_dump(mode="json"),
         seed=config.run.seed,
         label="student",
+        teacher_model_dir=resolve_model(config.teacher.model),
+        prompts_path=str(paths["prepare"] / PROMPTS_FILE),
+        resume=resume,
     )
     return run_training(spec)
 

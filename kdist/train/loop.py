@@ -1,19 +1,38 @@
-"""What every Ray Train worker runs: load, wrap in DeepSpeed, train, check, save.
+"""What every Ray Train worker runs: load, wrap in DeepSpeed, train, check, checkpoint, save.
 
-All ranks take the same decisions at the same steps (stop early, evaluate, save) so that no
-rank waits forever in a collective: the stop decision is all-reduced, and evaluation runs on
-every rank (under ZeRO-3 a forward pass needs all of them).
+All ranks take the same decisions at the same steps (stop early, evaluate, checkpoint, save) so
+that no rank waits forever in a collective: the stop decision is all-reduced, and evaluation
+runs on every rank (under ZeRO-3 a forward pass needs all of them).
+
+One optimizer step = gradient_accumulation_steps micro-batches on every rank. Before the first
+of them, the ranks all-reduce how many loss tokens the whole step holds; every micro-batch loss
+is its token sum divided by that number, so the step's gradient is the per-token mean over the
+effective batch whatever the padding, packing or accumulation (DeepSpeed averages gradients
+over ranks, hence the factor world_size at backward, and is told not to divide by the
+accumulation steps again).
+
+Checkpoints go through ray.train.report (DeepSpeed's own files, every rank's shard, plus the
+step): a restarted worker group (FailureConfig) or a `--resume`d run continues from the latest
+one at the exact batch, since each epoch's order is a function of the seed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from kdist.config import TrainSection
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+DS_TAG = "ds"
 
 
 @dataclass
@@ -27,6 +46,11 @@ class TrainSpec:
     train: dict[str, Any]
     seed: int = 0
     label: str = "train"
+    # Online logit KD: the teacher's local HF dir (also its tokenizer, for the vocab check).
+    teacher_model_dir: str | None = None
+    # prompts.parquet, for ground-truth answers (train.kd.ground_truth_mix).
+    prompts_path: str | None = None
+    resume: bool = False  # continue from the latest checkpoint of an earlier run
 
     def section(self) -> TrainSection:
         return TrainSection.model_validate(self.train)
@@ -38,6 +62,8 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     import torch
 
     from kdist.train.deepspeed_config import deepspeed_config
+    from kdist.train.metrics import MetricsWriter
+    from kdist.train.objective import DistillationObjective
 
     spec = TrainSpec(**spec_dict)
     section = spec.section()
@@ -45,50 +71,180 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(spec.seed)
 
-    tokenizer, model = _load_model(spec, section)
-    loader, sampler = _train_loader(spec, section, tokenizer, rank, world)
+    tokenizer, student = _load_student(spec, section)
+    teacher, logits_size = _load_teacher(spec, section, tokenizer, student)
+    objective = DistillationObjective(student, _kd_params(section), teacher, logits_size,
+                                      section.kd.chunk_size)
+    ds_config = deepspeed_config(section)
+    data = _train_data(spec, section, tokenizer)
+    loader, sampler = _loader(data, ds_config["train_micro_batch_size_per_gpu"], spec.seed,
+                              rank, world)
+    accumulation = ds_config["gradient_accumulation_steps"]
+    steps_per_epoch = len(loader) // accumulation
+    if steps_per_epoch == 0:
+        raise ValueError(f"{spec.train_path}: too few rows for one optimizer step "
+                         f"(batch_size {section.batch_size})")
+    val_data = _eval_data(spec, section, tokenizer)
     eval_rows = _eval_rows(spec.eval_path)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=trainable, config=deepspeed_config(section)
-    )
-    metrics_file = Path(spec.out_dir) / "metrics.jsonl"
-    step, epoch, started = 0, 0, time.monotonic()
-    accuracy, done = None, False
+    trainable = [p for p in objective.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=objective, model_parameters=trainable,
+                                           config=ds_config)
+    state = _restore(engine)
+    metrics = MetricsWriter(Path(spec.out_dir), enabled=rank == 0, resume_step=state["step"])
+    if rank == 0 and state["step"]:
+        print(f"[{spec.label}] resumed from the checkpoint at step {state['step']}", flush=True)
+    step, started = state["step"], time.monotonic() - state["elapsed"]
+    accuracy, val_loss, done = state.get("accuracy"), None, step >= section.max_steps
+    checkpoint_every = section.checkpoint_every or section.eval_every
     while not done:
+        epoch, offset = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
-        for batch in loader:
-            loss = engine(**{k: v.to(engine.device) for k, v in batch.items()}).loss
-            engine.backward(loss)
-            engine.step()
+        batches = itertools.islice(iter(loader), offset * accumulation,
+                                   steps_per_epoch * accumulation)
+        for micro_batches in _groups(batches, accumulation):
+            record = _train_step(engine, micro_batches, world)
             step += 1
-            last = step >= section.max_steps
-            if step % section.eval_every and not last:
-                continue
-            accuracy = _choice_accuracy(engine.module, tokenizer, eval_rows)
             elapsed = time.monotonic() - started
-            record = {"step": step, "epoch": epoch, "loss": loss.item(), "accuracy": accuracy,
-                      "lr": engine.get_lr()[0], "seconds": round(elapsed, 1)}
-            if rank == 0:
-                _append_jsonl(metrics_file, record)
-                print(f"[{spec.label}] step {step}/{section.max_steps} loss {loss.item():.4f} "
-                      f"val_acc {accuracy:.3f} ({elapsed:.0f}s)", flush=True)
-            ray.train.report(record)
-            done = last or _all_agree_to_stop(section, accuracy, elapsed)
+            record.update(step=step, epoch=epoch, lr=engine.get_lr()[0],
+                          seconds=round(elapsed, 2))
+            last = step >= section.max_steps
+            epoch_end = step % steps_per_epoch == 0
+            evaluate = step % section.eval_every == 0 or last
+            if evaluate or epoch_end:
+                val_loss = _validation_loss(engine, val_data, world)
+                record["val_loss"] = val_loss
+            if evaluate:
+                accuracy = _choice_accuracy(objective.student, tokenizer, eval_rows)
+                record["accuracy"] = accuracy
+            metrics.write(record)
+            if evaluate and rank == 0:
+                print(f"[{spec.label}] step {step}/{section.max_steps} loss {record['loss']:.4f}"
+                      f" val_loss {val_loss:.4f} val_acc {accuracy:.3f} ({elapsed:.0f}s)",
+                      flush=True)
+            checkpoint = step % checkpoint_every == 0 and not last
+            if evaluate or checkpoint:
+                _report(engine, record, checkpoint, rank,
+                        {"step": step, "elapsed": elapsed, "accuracy": accuracy})
+            if evaluate:
+                done = last or _all_agree_to_stop(section, accuracy, elapsed)
             if done:
                 break
-        epoch += 1
-    if rank == 0:
-        _save(engine.module, tokenizer, spec, section, accuracy, step)
+    metrics.close()
+    _save(engine, objective, tokenizer, spec, section, accuracy, step, val_loss, rank)
 
 
-def _load_model(spec: TrainSpec, section: TrainSection):
+# --- one optimizer step -----------------------------------------------------------------------
+
+
+def _train_step(engine, micro_batches: list[dict], world: int) -> dict[str, float]:
     import torch
+
+    from kdist.train.objective import count_loss_tokens
+
+    tokens = _all_reduce_sum(torch.tensor([float(sum(count_loss_tokens(b["labels"])
+                                                     for b in micro_batches))]))
+    num_loss_tokens = max(tokens.item(), 1.0)
+    totals = torch.zeros(5)
+    step_started = time.monotonic()
+    for batch in micro_batches:
+        real, slots = batch.pop("real_tokens"), batch.pop("slots")
+        loss, ce, kd = engine(**{k: v.to(engine.device) for k, v in batch.items()},
+                              num_loss_tokens=num_loss_tokens)
+        engine.backward(loss * world, scale_wrt_gas=False)
+        engine.step()
+        totals += torch.stack([loss.detach().float().cpu(), ce.float().cpu(), kd.float().cpu(),
+                               real.float(), slots.float()])
+    loss, ce, kd, real, slots = _all_reduce_sum(totals).tolist()
+    seconds = time.monotonic() - step_started
+    return {"loss": loss, "ce": ce, "kd": kd, "loss_tokens": int(tokens.item()),
+            "tokens_per_s": round(real / max(seconds, 1e-9), 1),
+            "padding_fraction": round(1.0 - real / slots, 4) if slots else 0.0}
+
+
+def _groups(iterable, size: int):
+    iterator = iter(iterable)
+    while group := list(itertools.islice(iterator, size)):
+        if len(group) == size:
+            yield group
+
+
+def _all_reduce_sum(tensor):
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def _validation_loss(engine, val_data, world: int) -> float:
+    """The training objective on the validation rows (every rank runs all of them)."""
+    import torch
+
+    from kdist.train.batches import collate
+    from kdist.train.objective import count_loss_tokens
+
+    if val_data is None:
+        return float("nan")
+    batches = [collate(val_data.examples[i : i + 32], val_data)
+               for i in range(0, len(val_data.examples), 32)]
+    total_tokens = max(sum(count_loss_tokens(b["labels"]) for b in batches), 1)
+    engine.eval()
+    total = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            batch.pop("real_tokens"), batch.pop("slots")
+            loss, _, _ = engine(**{k: v.to(engine.device) for k, v in batch.items()},
+                                num_loss_tokens=total_tokens)
+            total += loss.float().item()
+    engine.train()
+    return total
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def _report(engine, record: dict, checkpoint: bool, rank: int, state: dict) -> None:
+    import ray.train
+
+    if not checkpoint:
+        ray.train.report(record)
+        return
+    with tempfile.TemporaryDirectory(prefix="kdist-ckpt-") as tmp:
+        # Frozen weights (the base model under LoRA, an online teacher) come from their own
+        # directories on restore; only what trains is saved.
+        engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)
+        if rank == 0:
+            (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _restore(engine) -> dict[str, Any]:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {"step": 0, "elapsed": 0.0}
+    with checkpoint.as_directory() as directory:
+        engine.load_checkpoint(directory, tag=DS_TAG, load_module_strict=False)
+        return json.loads((Path(directory) / STATE_FILE).read_text())
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _torch_dtype(section: TrainSection):
+    import torch
+
+    return torch.bfloat16 if section.precision == "bf16" else torch.float32
+
+
+def _load_student(spec: TrainSpec, section: TrainSection):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model_dir)
-    dtype = torch.bfloat16 if section.precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=_torch_dtype(section))
+    if section.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if section.method == "lora":
         from kdist.train.lora import apply_lora
 
@@ -96,29 +252,117 @@ def _load_model(spec: TrainSpec, section: TrainSection):
     return tokenizer, model
 
 
-def _train_loader(spec: TrainSpec, section: TrainSection, tokenizer, rank: int, world: int):
-    """Each rank reads the rows and takes its own shard: equal sizes on every rank (drop_last),
-    so all ranks run the same number of steps per epoch and meet in every all-reduce."""
+def _load_teacher(spec: TrainSpec, section: TrainSection, tokenizer, student):
+    """The frozen online teacher (or None) and how many logits the loss compares."""
+    if section.kd.mode != "logit":
+        return None, None
+    from kdist.train.tokenizers_compat import check_logit_kd_compatible
+
+    student_size = student.get_output_embeddings().weight.shape[0]
+    teacher_dir = spec.teacher_model_dir
+    if section.kd.teacher_logits == "offline":
+        teacher_tokenizer = _local_tokenizer(teacher_dir)
+        if teacher_tokenizer is None:
+            log.warning("offline logit KD: teacher %r has no local tokenizer; only the top-k "
+                        "ids' range is checked against the student's vocabulary", teacher_dir)
+            return None, None
+        check_logit_kd_compatible(teacher_tokenizer, tokenizer, student_size, student_size)
+        return None, None
+    if not teacher_dir:
+        raise ValueError("train.kd.teacher_logits=online needs a local teacher model dir "
+                         "(teacher.model with teacher.kind hf)")
+    from transformers import AutoModelForCausalLM
+
+    teacher_tokenizer = _local_tokenizer(teacher_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=_torch_dtype(section))
+    teacher_size = teacher.get_output_embeddings().weight.shape[0]
+    size = check_logit_kd_compatible(teacher_tokenizer, tokenizer, teacher_size, student_size)
+    return teacher, size
+
+
+def _local_tokenizer(model_dir: str | None):
+    if not model_dir or not Path(model_dir).is_dir():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _kd_params(section: TrainSection):
+    from kdist.train.losses import KDParams
+
+    kd = section.kd
+    if kd.mode == "sequence":
+        return KDParams(alpha=1.0)
+    return KDParams(alpha=kd.alpha, temperature=kd.temperature, divergence=kd.divergence,
+                    beta=kd.beta, tail=kd.topk_tail)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _train_data(spec: TrainSpec, section: TrainSection, tokenizer):
+    from kdist.train.batches import build_examples, prepare
+
+    rows = _read_rows(spec.train_path)
+    offline = section.kd.mode == "logit" and section.kd.teacher_logits == "offline"
+    ground_truth = _ground_truth(spec.prompts_path) if section.kd.ground_truth_mix else None
+    examples, k, missing = build_examples(rows, tokenizer, section.max_seq_len, topk=offline,
+                                          ground_truth=ground_truth,
+                                          ground_truth_mix=section.kd.ground_truth_mix,
+                                          seed=spec.seed)
+    if offline:
+        _check_offline_topk(spec, k, missing, len(rows), tokenizer)
+    return prepare(examples, tokenizer.pad_token_id, k, section.packing, section.max_seq_len)
+
+
+def _check_offline_topk(spec: TrainSpec, k: int, missing: int, rows: int, tokenizer) -> None:
+    if k == 0:
+        raise ValueError(f"{spec.train_path}: train.kd.teacher_logits=offline needs the "
+                         "teacher's top-k logprobs; set teacher.sampling.top_logprobs and rerun "
+                         "generate, or use train.kd.teacher_logits=online")
+    if missing:
+        log.warning("offline logit KD: %d of %d rows have no top-k; they train on CE only",
+                    missing, rows)
+
+
+def _ground_truth(prompts_path: str | None) -> dict[str, str]:
+    if not prompts_path:
+        raise ValueError("train.kd.ground_truth_mix needs the prompts (run prepare first)")
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(prompts_path, columns=["id", "reference"]).to_pylist()
+    return {r["id"]: r["reference"] for r in rows if r["reference"]}
+
+
+def _eval_data(spec: TrainSpec, section: TrainSection, tokenizer):
+    from kdist.train.batches import build_examples, prepare
+
+    if not spec.eval_path:
+        return None
+    offline = section.kd.mode == "logit" and section.kd.teacher_logits == "offline"
+    examples, k, _ = build_examples(_read_rows(spec.eval_path), tokenizer, section.max_seq_len,
+                                    topk=offline)
+    return prepare(examples, tokenizer.pad_token_id, k, packing=False,
+                   seq_len=section.max_seq_len) if examples else None
+
+
+def _loader(data, micro_batch: int, seed: int, rank: int, world: int):
+    """Each rank takes its own equal-sized shard (drop_last): all ranks run the same steps."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from kdist.train.deepspeed_config import micro_batch_size
-    from kdist.train.examples import pad_batch, tokenize_chat
+    from kdist.train.batches import collate
 
-    rows = pq.read_table(spec.train_path, columns=["messages"]).to_pylist()
-    examples = [tokenize_chat(tokenizer, r["messages"], section.max_seq_len) for r in rows]
-    sampler = DistributedSampler(
-        examples, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed, drop_last=True
-    )
-    loader = DataLoader(
-        examples,
-        batch_size=micro_batch_size(section),
-        sampler=sampler,
-        drop_last=True,
-        collate_fn=lambda batch: pad_batch(batch, tokenizer.pad_token_id),
-    )
-    if len(loader) == 0:
-        raise ValueError(f"{spec.train_path}: too few rows ({len(rows)}) for one batch")
+    sampler = DistributedSampler(data.examples, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=True)
+    loader = DataLoader(data.examples, batch_size=micro_batch, sampler=sampler, drop_last=True,
+                        collate_fn=lambda rows: collate(rows, data))
     return loader, sampler
 
 
@@ -155,26 +399,46 @@ def _all_agree_to_stop(section: TrainSection, accuracy: float, elapsed: float) -
     return bool(flag.item())
 
 
-def _save(model, tokenizer, spec: TrainSpec, section: TrainSection, accuracy, steps: int) -> None:
+# --- saving -----------------------------------------------------------------------------------
+
+
+def _save(engine, objective, tokenizer, spec: TrainSpec, section: TrainSection, accuracy,
+          steps: int, val_loss, rank: int) -> None:
+    """Rank 0 writes model/ (merged, HF safetensors) and, under LoRA, adapter/ alone. Under
+    ZeRO-3 the weights are partitioned: every rank joins the gather first."""
     from kdist import io
 
+    student = objective.student
+    if section.zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
+        if rank != 0:
+            return
+        student = _fresh_student(spec, section, state)
+    if rank != 0:
+        return
     out = Path(spec.out_dir)
     if section.method == "lora":
         from kdist.train.lora import save_adapter_and_merged
 
-        save_adapter_and_merged(model, tokenizer, out)
+        save_adapter_and_merged(student, tokenizer, out)
     else:
         with io.atomic_dir(out / "model") as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+            student.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-    io.write_json(out / "train_result.json", {"steps": steps, "val_accuracy": accuracy,
-                                              "method": section.method})
+    io.write_json(out / "train_result.json", {
+        "steps": steps, "val_accuracy": accuracy, "val_loss": val_loss,
+        "method": section.method, "kd_mode": section.kd.mode})
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def _fresh_student(spec: TrainSpec, section: TrainSection, state: dict[str, Any]):
+    """A plain (unpartitioned) copy of the student holding the gathered weights."""
+    _, student = _load_student(spec, section)
+    prefix = "student."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = student.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if "lora_" in k or section.method == "full"]:
+        raise RuntimeError(f"ZeRO-3 gather: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return student
 
 
 def spec_to_dict(spec: TrainSpec) -> dict[str, Any]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdist.errors import UsageError
 
-class VocabularyMismatch(ValueError):
+
+class VocabularyMismatch(UsageError, ValueError):
     """Teacher and student do not share a vocabulary: logit KD is impossible."""
 
 

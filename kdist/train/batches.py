@@ -1,0 +1,124 @@
+"""Training rows -> tokenized examples -> the micro-batches one worker feeds its model.
+
+- Sequence-level KD: the rows' assistant turn is the teacher's answer; with
+  train.kd.ground_truth_mix > 0, the ground-truth answer of that fraction of the rows (from the
+  prompts' `reference`, where they have one) is added as one more example.
+- Offline logit KD: each row's stored top-k (one entry per generated token) is laid on the
+  answer's token positions in order; answer tokens beyond the stored entries (or rows without
+  any) get no KD term, only CE. Ids -1 pad the top-k to the same k everywhere.
+- Packing (train.packing) puts several examples in each row of max_seq_len tokens.
+
+Every rank reads all rows and takes its own equal-sized shard with a seeded DistributedSampler,
+so all ranks run the same number of steps and meet in every collective; an epoch's order is a
+function of (seed, epoch), which makes resuming at a step exact.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kdist.train.examples import IGNORE_INDEX, pad_batch, tokenize_chat
+from kdist.train.packing import PackStats, collate_packed, pack_examples
+
+TOPK_FIELDS = ("topk_ids", "topk_logprobs")
+
+
+@dataclass
+class TrainData:
+    examples: list[dict[str, Any]]  # or packed rows
+    packed: bool
+    pad_id: int
+    topk: int = 0  # k of the offline top-k, 0 when not used
+    pack_stats: PackStats | None = None
+    rows_without_topk: int = 0
+
+
+def build_examples(
+    rows: list[dict[str, Any]],
+    tokenizer,
+    max_seq_len: int,
+    topk: bool = False,
+    ground_truth: dict[str, str] | None = None,
+    ground_truth_mix: float = 0.0,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """(examples, k, rows without top-k). `ground_truth` maps row id -> reference answer."""
+    k = max((len(e["token_ids"]) for r in rows for e in (r.get("top_logprobs") or [])),
+            default=0) if topk else 0
+    rng = random.Random(seed)
+    examples, missing = [], 0
+    for row in rows:
+        example = tokenize_chat(tokenizer, row["messages"], max_seq_len)
+        fields: dict[str, Any] = {"input_ids": example.input_ids, "labels": example.labels}
+        if topk:
+            entries = row.get("top_logprobs") or []
+            missing += not entries
+            fields.update(_topk_fields(example.labels, entries, k))
+        examples.append(fields)
+        reference = (ground_truth or {}).get(row.get("id"))
+        if reference and ground_truth_mix > 0 and rng.random() < ground_truth_mix:
+            messages = [*row["messages"][:-1], {"role": "assistant", "content": reference}]
+            gold = tokenize_chat(tokenizer, messages, max_seq_len)
+            extra = {"input_ids": gold.input_ids, "labels": gold.labels}
+            if topk:  # the teacher's distribution was for its own answer: no KD on this one
+                extra.update(_topk_fields(gold.labels, [], k))
+            examples.append(extra)
+    return examples, k, missing
+
+
+def _topk_fields(labels: list[int], entries: list[dict[str, list]], k: int) -> dict[str, Any]:
+    ids = [[-1] * k for _ in labels]
+    logprobs = [[0.0] * k for _ in labels]
+    answer_positions = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    for position, entry in zip(answer_positions, entries):
+        n = len(entry["token_ids"])
+        ids[position] = list(entry["token_ids"]) + [-1] * (k - n)
+        logprobs[position] = [float(x) for x in entry["logprobs"]] + [0.0] * (k - n)
+    return {"topk_ids": ids, "topk_logprobs": logprobs}
+
+
+def prepare(examples: list[dict[str, Any]], pad_id: int, k: int, packing: bool,
+            seq_len: int) -> TrainData:
+    if not packing:
+        return TrainData(examples, packed=False, pad_id=pad_id, topk=k)
+    extra = {"topk_ids": [-1] * k, "topk_logprobs": [0.0] * k} if k else None
+    packed = pack_examples(examples, seq_len, pad_id, extra_pad=extra)
+    return TrainData(packed.rows, packed=True, pad_id=pad_id, topk=k, pack_stats=packed.stats)
+
+
+def collate(rows: list[dict[str, Any]], data: TrainData) -> dict[str, torch.Tensor]:
+    """Tensors for DistillationObjective; `real_tokens` and `slots` feed the padding metric."""
+    if data.packed:
+        batch = collate_packed(rows)
+        real = sum(len(row["input_ids"]) - _tail_padding(row, data.pad_id) for row in rows)
+    else:
+        batch = pad_batch([_Example(r["input_ids"], r["labels"]) for r in rows], data.pad_id)
+        real = int(batch["attention_mask"].sum())
+        if data.topk:
+            width = batch["input_ids"].shape[1]
+            for key, pad in (("topk_ids", -1), ("topk_logprobs", 0.0)):
+                batch[key] = torch.tensor(
+                    [r[key] + [[pad] * data.topk] * (width - len(r[key])) for r in rows])
+    batch["real_tokens"] = torch.tensor(real)
+    batch["slots"] = torch.tensor(batch["input_ids"].numel())
+    return batch
+
+
+@dataclass
+class _Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def _tail_padding(row: dict[str, Any], pad_id: int) -> int:
+    """Padding sits at the end of a packed row, labelled -100 with pad ids."""
+    count = 0
+    for token, label in zip(reversed(row["input_ids"]), reversed(row["labels"])):
+        if token != pad_id or label != IGNORE_INDEX:
+            break
+        count += 1
+    return count

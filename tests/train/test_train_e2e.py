@@ -1,0 +1,267 @@
+"""Ray Train + DeepSpeed on 2 CPU workers, end to end, with tiny models and a few steps.
+
+ZeRO-2 LoRA (merged model == base + adapter), ZeRO-3 full fine-tuning with packing and
+gradient accumulation, online and offline (top-k) logit KD, the vocabulary check, and recovery
+from a worker killed mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from kdist.rows import SFT_SCHEMA
+
+pytestmark = pytest.mark.slow
+
+ANSWERS = "ABCDE"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from kdist.config import validate_config
+    from kdist.runtime import ray_session
+
+    config = validate_config({"teacher": {"model": "t"}, "student": {"model": "s"},
+                              "runtime": {"num_cpus": 2, "log_to_driver": False}})
+    with ray_session(config):
+        yield
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A bigger model with the same tokenizer as the student (tiny_model_dir)."""
+    from transformers import AutoTokenizer
+
+    from kdist import modelkit
+    from kdist.config import ModelBuildSection
+
+    out = tmp_path_factory.mktemp("teacher")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    modelkit.build_llama(ModelBuildSection(hidden_size=48, num_layers=2, num_heads=4),
+                         tokenizer, out, seed=7)
+    return out
+
+
+def sft_rows(n: int, seed: int, teacher_dir: Path | None = None, k: int = 4) -> pa.Table:
+    """Chat rows of the demo task; with teacher_dir, its top-k logprobs on each answer token."""
+    from kdist.data import synthetic
+
+    rows = []
+    for split, index, q in synthetic.generate({"train": n}, seed):
+        rows.append({"id": f"{split}-{index}", "top_logprobs": None, "messages": [
+            *q.messages(), {"role": "assistant", "content": q.answer}]})
+    if teacher_dir is not None:
+        _add_topk(rows, teacher_dir, k)
+    return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
+
+
+def _add_topk(rows, teacher_dir: Path, k: int) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist.train.examples import IGNORE_INDEX, tokenize_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    for row in rows:
+        example = tokenize_chat(tokenizer, row["messages"], 96)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([example.input_ids])).logits[0], -1)
+        entries = []
+        for pos, label in enumerate(example.labels):
+            if label != IGNORE_INDEX:  # the distribution that predicted this token
+                values, ids = logp[pos - 1].topk(k)
+                entries.append({"token_ids": ids.tolist(), "logprobs": values.tolist()})
+        row["top_logprobs"] = entries
+
+
+def write(table: pa.Table, path: Path) -> str:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path)
+    return str(path)
+
+
+def spec_for(tmp_path: Path, model_dir: Path, train: dict, rows: pa.Table, val: pa.Table,
+             teacher_dir: Path | None = None, **extra):
+    from kdist.train.loop import TrainSpec
+
+    base = {"num_workers": 2, "batch_size": 8, "max_steps": 6, "eval_every": 3,
+            "learning_rate": 3e-3, "max_seq_len": 96}
+    return TrainSpec(model_dir=str(model_dir), train_path=write(rows, tmp_path / "train.parquet"),
+                     eval_path=write(val, tmp_path / "val.parquet"), out_dir=str(tmp_path / "out"),
+                     train={**base, **train}, seed=0, label="student",
+                     teacher_model_dir=str(teacher_dir) if teacher_dir else None, **extra)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def logits_of(model, tokenizer) -> torch.Tensor:
+    ids = tokenizer("Which item is a fruit? A) dog B) apple", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_zero2_lora_merged_equals_adapter(ray_cluster, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist.train.trainer import run_training
+
+    spec = spec_for(tmp_path, tiny_model_dir,
+                    {"method": "lora", "zero_stage": 2, "lora": {"r": 4, "alpha": 8}},
+                    sft_rows(64, 1), sft_rows(16, 2))
+    result = run_training(spec)
+    out = Path(spec.out_dir)
+    assert result["steps"] == 6 and result["method"] == "lora"
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "ce", "lr", "tokens_per_s", "padding_fraction", "loss_tokens"):
+        assert all(key in m for m in metrics), key
+    assert "val_loss" in metrics[2] and "accuracy" in metrics[5]
+    assert metrics[0]["lr"] < metrics[-1]["lr"]  # warmup
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # merged model (plain HF dir) == base + adapter, and training changed something
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    merged = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    before = logits_of(base, tokenizer)
+    adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
+    torch.testing.assert_close(logits_of(merged, tokenizer), logits_of(adapted, tokenizer),
+                               atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(before, logits_of(merged, tokenizer), atol=1e-4)
+
+
+def test_zero3_full_finetuning_packed_with_accumulation(ray_cluster, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist.train.trainer import run_training
+
+    spec = spec_for(tmp_path, tiny_model_dir,
+                    {"method": "full", "zero_stage": 3, "packing": True, "max_seq_len": 256,
+                     "gradient_accumulation_steps": 2, "batch_size": 4, "max_steps": 4,
+                     "eval_every": 2, "lr_schedule": "cosine", "gradient_checkpointing": True},
+                    sft_rows(96, 3), sft_rows(16, 4))
+    result = run_training(spec)
+    out = Path(spec.out_dir)
+    assert result["steps"] == 4 and result["method"] == "full"
+    metrics = read_metrics(out)
+    # packed rows of 256 tokens hold ~3 examples each: little padding
+    assert all(m["padding_fraction"] < 0.3 for m in metrics)
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    trained = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert not torch.allclose(logits_of(base, tokenizer), logits_of(trained, tokenizer), atol=1e-4)
+
+
+def test_online_logit_kd(ray_cluster, tiny_model_dir, teacher_dir, tmp_path):
+    from kdist.train.trainer import run_training
+
+    spec = spec_for(tmp_path, tiny_model_dir,
+                    {"method": "lora", "zero_stage": 2, "max_steps": 4, "eval_every": 2,
+                     "lora": {"r": 4, "alpha": 8, "modules_to_save": ["lm_head"]},
+                     "kd": {"mode": "logit", "teacher_logits": "online", "alpha": 0.5,
+                            "temperature": 2.0, "divergence": "jsd"}},
+                    sft_rows(64, 5), sft_rows(16, 6), teacher_dir=teacher_dir)
+    result = run_training(spec)
+    metrics = read_metrics(Path(spec.out_dir))
+    assert result["kd_mode"] == "logit" and len(metrics) == 4
+    assert all(m["kd"] > 0 for m in metrics)
+    assert metrics[0]["loss"] == pytest.approx(0.5 * metrics[0]["ce"] + 0.5 * 4 * metrics[0]["kd"],
+                                               rel=1e-4)
+
+
+def test_offline_topk_kd(ray_cluster, tiny_model_dir, teacher_dir, tmp_path):
+    from kdist.train.trainer import run_training
+
+    spec = spec_for(tmp_path, tiny_model_dir,
+                    {"method": "full", "zero_stage": 2, "max_steps": 4, "eval_every": 2,
+                     "kd": {"mode": "logit", "teacher_logits": "offline", "alpha": 0.2}},
+                    sft_rows(64, 7, teacher_dir), sft_rows(16, 8, teacher_dir),
+                    teacher_dir=teacher_dir)
+    run_training(spec)
+    metrics = read_metrics(Path(spec.out_dir))
+    assert len(metrics) == 4 and all(m["kd"] > 0 for m in metrics)
+    assert metrics[-1]["val_loss"] > 0
+
+
+def test_online_kd_refuses_a_different_vocabulary(tiny_model_dir, tmp_path):
+    from kdist import modelkit
+    from kdist.config import ModelBuildSection
+    from kdist.train.tokenizers_compat import VocabularyMismatch
+    from kdist.train.trainer import run_training
+
+    other = tmp_path / "other"
+    tokenizer = modelkit.train_tokenizer(["completely different words here"] * 20, 300, other)
+    modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=1, num_heads=4),
+                         tokenizer, other)
+    spec = spec_for(tmp_path, tiny_model_dir,
+                    {"kd": {"mode": "logit", "teacher_logits": "online"}},
+                    sft_rows(8, 1), sft_rows(4, 2), teacher_dir=other)
+    with pytest.raises(VocabularyMismatch, match="use sequence-level KD instead"):
+        run_training(spec)  # before any worker starts: no Ray needed
+
+
+def _train_workers() -> list:
+    """This test's Ray Train workers: descendants of this process (not other sessions')."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_recovers_from_a_killed_worker_and_resumes(ray_cluster, tiny_model_dir, tmp_path):
+    from kdist.train.trainer import run_training
+
+    spec = spec_for(tmp_path, tiny_model_dir,
+                    {"method": "lora", "zero_stage": 2, "max_steps": 12, "eval_every": 4,
+                     "checkpoint_every": 2, "max_failures": 1, "lora": {"r": 4, "alpha": 8}},
+                    sft_rows(64, 9), sft_rows(8, 10))
+    out = Path(spec.out_dir)
+    killed: list[int] = []
+
+    def kill_after_a_checkpoint():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            steps = read_metrics(out) if (out / "metrics.jsonl").exists() else []
+            if steps and steps[-1]["step"] >= 5:  # checkpoints exist at steps 2 and 4
+                workers = _train_workers()
+                if workers:
+                    victim = max(workers, key=lambda p: p.pid)
+                    os.kill(victim.pid, signal.SIGKILL)
+                    killed.append(steps[-1]["step"])
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_a_checkpoint, daemon=True)
+    killer.start()
+    result = run_training(spec)
+    killer.join(timeout=1)
+    assert killed, "no worker was killed: the test did not exercise recovery"
+    assert result["steps"] == 12
+    steps = [m["step"] for m in read_metrics(out)]
+    # restarted from the checkpoint at step 4 (or 6), redid the steps after it, each logged once
+    assert steps == list(range(1, 13))
+    assert len(list((out / "ray_train" / "student").glob("checkpoint_*"))) >= 1
+
+    # `kdist train --resume` after the run: a longer run continues from its last checkpoint
+    spec.train["max_steps"] = 14
+    spec.resume = True
+    result = run_training(spec)
+    assert result["steps"] == 14
+    assert [m["step"] for m in read_metrics(out)] == list(range(1, 15))
