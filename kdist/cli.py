@@ -115,9 +115,10 @@ def _add_resume(parser: argparse.ArgumentParser) -> None:
 
 def _extra_registrations() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands that live with their own area of kdist."""
+    from kdist import export
     from kdist.k8s import commands as k8s_commands  # here: it imports add_config_args from us
 
-    registrations: list[Callable[[argparse._SubParsersAction], None]] = [k8s_commands.register]
+    registrations: list[Callable[[argparse._SubParsersAction], None]] = [k8s_commands.register, export.register]
     return registrations
 
 
