@@ -45,6 +45,7 @@ def generate(split_sizes: dict[str, int], seed: int) -> Iterator[tuple[str, int,
 
 
 def vocabulary_text() -> list[str]:
-    """Text that covers every word the task uses, for training the demo tokenizer."""
-    words = [word for members in CATEGORIES.values() for word in members]
-    return [*CATEGORIES, *words, *LETTERS]
+    """Text that covers every word the task uses, each also after a space (as it appears in
+    prompts), for training the demo tokenizer: word-level tokens are what tiny models learn."""
+    words = [*CATEGORIES, *(w for members in CATEGORIES.values() for w in members), *LETTERS]
+    return [" ".join(words)] * 20

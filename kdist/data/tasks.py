@@ -42,6 +42,6 @@ def parse_choice(text: str | None, letters: str = LETTERS[:5]) -> str | None:
         return None
     for pattern in (_LEADING_LETTER, _ANSWER_IS):
         match = pattern.search(text)
-        if match and match.group(1) in letters:
-            return match.group(1)
+        if match and match.group(1).upper() in letters:
+            return match.group(1).upper()
     return None

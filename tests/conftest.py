@@ -1,0 +1,29 @@
+"""Fixtures shared by every test: offline mode and a tiny model built from a config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: everything is built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 Llama with a tokenizer trained on the demo task's words."""
+    from kdist import modelkit
+    from kdist.config import ModelBuildSection
+    from kdist.data import synthetic
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    questions = [q.user_message() for _, _, q in synthetic.generate({"train": 200}, seed=0)]
+    tokenizer = modelkit.train_tokenizer(synthetic.vocabulary_text() + questions, 600, out)
+    modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=2, num_heads=4), tokenizer, out)
+    return out

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdist.config import ConfigError, config_to_yaml, load_config, redacted, validate_config
+
+MINIMAL = {"teacher": {"model": "t"}, "student": {"model": "s"}}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_minimal_config_gets_defaults():
+    config = validate_config(MINIMAL)
+    assert config.teacher.kind == "hf"
+    assert config.train.zero_stage == 2
+    assert config.data.source.kind == "synthetic_mc"
+
+
+def test_typo_key_names_the_dotted_path_and_suggests(tmp_path):
+    path = write(tmp_path, {**MINIMAL, "teacher": {"model": "t", "concurency": 4}})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "teacher.concurency" in message
+    assert "did you mean 'concurrency'" in message
+    assert "\n" not in message
+
+
+def test_wrong_type_and_range_are_reported_with_path():
+    with pytest.raises(ConfigError, match=r"'train\.zero_stage'.*less than or equal to 3"):
+        validate_config({**MINIMAL, "train": {"zero_stage": 4}})
+    with pytest.raises(ConfigError, match=r"'teacher\.concurrency'"):
+        validate_config({**MINIMAL, "teacher": {"model": "t", "concurrency": "many"}})
+
+
+def test_missing_required_section():
+    with pytest.raises(ConfigError, match="missing required key 'student'"):
+        validate_config({"teacher": {"model": "t"}})
+
+
+def test_unknown_key_inside_tagged_union_names_user_path():
+    raw = {**MINIMAL, "data": {"source": {"kind": "synthetic_mc", "trian": 5}}}
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.source\.trian'.*did you mean 'train'"):
+        validate_config(raw)
+
+
+def test_remote_teacher_needs_endpoint():
+    with pytest.raises(ConfigError, match="endpoint is required"):
+        validate_config({**MINIMAL, "teacher": {"model": "gpt", "kind": "openai"}})
+
+
+def test_dotted_overrides_are_parsed_as_yaml(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    config = load_config(path, ["teacher.concurrency=32", "train.lora.target_modules=[q_proj,v_proj]"])
+    assert config.teacher.concurrency == 32
+    assert config.train.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_malformed_override_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(write(tmp_path, MINIMAL), ["teacher.concurrency"])
+
+
+def test_saved_config_keeps_env_var_names_and_redacts_secret_values():
+    config = validate_config({**MINIMAL, "teacher": {"model": "t", "api_key_env": "OPENAI_API_KEY"}})
+    assert "api_key_env: OPENAI_API_KEY" in config_to_yaml(config)
+    nested = {"headers": {"Authorization": "Bearer sk-123", "X-Trace": "1"}, "api_key": "sk-456"}
+    cleaned = redacted(nested)
+    assert cleaned == {"headers": {"Authorization": "***", "X-Trace": "1"}, "api_key": "***"}
+
+
+def test_invalid_yaml_is_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("teacher: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)

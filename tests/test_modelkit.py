@@ -1,0 +1,33 @@
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kdist.data import synthetic
+
+
+def test_task_words_are_single_tokens(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for word in [w for words in synthetic.CATEGORIES.values() for w in words]:
+        assert len(tokenizer.tokenize(" " + word)) == 1, word
+
+
+def test_chat_template_round_trip(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = [{"role": "user", "content": "Which item is a fruit?"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|user|>Which item is a fruit?<|end|><|assistant|>"
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == prompt
+    assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<|pad|>"
+
+
+def test_model_dir_loads_with_transformers_and_generates(tiny_model_dir):
+    import torch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config.hidden_size == 32 and model.config.vocab_size == len(tokenizer)
+    assert (tiny_model_dir / "model.safetensors").exists()
+    batch = tokenizer(["<|user|>hi<|end|><|assistant|>"], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 3 or tokenizer.eos_token_id in out[0]
