@@ -6,7 +6,8 @@ Dataset of response rows, so Ray Data batches requests into the engines (continu
 and runs `replicas` engines of `tensor_parallel_size` GPUs each. On CPU-only clusters the same
 code runs on vLLM's CPU build with one CPU bundle per engine.
 
-Input rows need `id`, `request_hash` and `messages`; output rows are TeacherResponse rows. A row
+Input rows need `id`, `request_hash` and `messages` (`task`, `meta` ride along); output rows are
+TeacherResponse rows. A row
 that the engine fails on comes back as an error row (should_continue_on_error), never a crash.
 """
 
@@ -28,6 +29,10 @@ CPU_ENGINE_ENV = {
     "VLLM_HOST_IP": "127.0.0.1",
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
 }
+
+
+# Prompt columns that ride along through the engine stages (the answer parser needs the task).
+CARRIED_COLUMNS = ("id", "request_hash", "task", "meta")
 
 
 class VLLMTeacher:
@@ -105,7 +110,8 @@ class _Preprocess:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        return {"id": row["id"], "request_hash": row["request_hash"], "messages": messages, "sampling_params": self.sampling_params}
+        carried = {name: row[name] for name in CARRIED_COLUMNS if name in row}
+        return {**carried, "messages": messages, "sampling_params": self.sampling_params}
 
 
 class _Postprocess:
@@ -116,8 +122,7 @@ class _Postprocess:
         error = row.get("__inference_error__") or None
         generated = int(row.get("num_generated_tokens") or 0)
         return {
-            "id": row["id"],
-            "request_hash": row["request_hash"],
+            **{name: row[name] for name in CARRIED_COLUMNS if name in row},
             "teacher": self.teacher,
             "response": None if error else row.get("generated_text", ""),
             # ray.data.llm does not pass vLLM's finish reason on; a full budget means it was cut.

@@ -1,12 +1,17 @@
-"""The vllm backend through Ray Data on CPU: vLLM's CPU build, a tiny offline model."""
+"""The vllm backend through Ray Data on CPU (vLLM's CPU build, a tiny offline model), driven by
+the generate stage: every prompt answered once, with usage and top-k logprobs as token ids."""
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from kdist.config import RunConfig, TeacherSection
+from kdist.config import RunConfig
+from kdist.generate import RESPONSES_FILE, run_generate
+from kdist.rows import PROMPT_SCHEMA
 from kdist.runtime import ray_session
-from kdist.teachers.vllm import VLLMTeacher, top_logprobs_from_vllm
+from kdist.teachers.vllm import top_logprobs_from_vllm
 
 pytestmark = pytest.mark.slow
 
@@ -16,24 +21,28 @@ def test_top_logprobs_keep_the_best_k_whatever_the_sampled_token():
     assert top_logprobs_from_vllm(steps, 2) == [{"token_ids": [7, 3], "logprobs": [-0.1, -2.0]}]
 
 
-def test_vllm_backend_answers_every_row_through_ray_data(tiny_model_dir, make_requests):
+def test_generate_stage_with_the_vllm_backend(tiny_model_dir, make_requests, tmp_path):
     pytest.importorskip("vllm")
-    import ray
-
-    section = TeacherSection(
-        kind="vllm", model=str(tiny_model_dir), batch_size=16, replicas=1,
-        sampling={"max_tokens": 4, "top_logprobs": 2},
-        engine_kwargs={"max_model_len": 128, "dtype": "float32"},
-    )  # fmt: skip
-    config = RunConfig(teacher=section, student={"model": str(tiny_model_dir)}, runtime={"num_cpus": 2})
     requests = make_requests(40)
-    rows = [{"id": r.id, "request_hash": r.request_hash, "messages": r.messages} for r in requests]
+    prompts = [
+        {"id": r.id, "task": "multiple_choice", "messages": r.messages, "reference": None, "split": "train", "meta": '{"choices": ["red", "green", "blue"]}'}
+        for r in requests
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), tmp_path / "prompts.parquet")
+    section = {
+        "kind": "vllm", "model": str(tiny_model_dir), "batch_size": 16, "replicas": 1, "splits": ["train"],
+        "sampling": {"max_tokens": 4, "top_logprobs": 2}, "engine_kwargs": {"max_model_len": 128, "dtype": "float32"},
+        "min_success_ratio": 1.0,
+    }  # fmt: skip
+    config = RunConfig(teacher=section, student={"model": "unused"}, runtime={"num_cpus": 2, "log_to_driver": False})
     with ray_session(config):
-        out = VLLMTeacher(section, use_gpu=False).transform(ray.data.from_items(rows)).take_all()
-    assert sorted(row["id"] for row in out) == sorted(r.id for r in requests)
-    for row in out:
-        assert row["error"] is None, row["error"]
-        assert row["teacher"] == f"vllm:{tiny_model_dir}"
+        summary = run_generate(config, tmp_path / "prompts.parquet", tmp_path / "responses")
+    rows = pq.read_table(tmp_path / "responses" / RESPONSES_FILE).to_pylist()
+    assert sorted(row["id"] for row in rows) == sorted(r.id for r in requests)
+    assert summary["done"] == 40 and summary["failed"] == {}
+    for row in rows:
+        assert row["error"] is None and row["teacher"] == f"vllm:{tiny_model_dir}"
+        assert row["parse_status"] in ("ok", "unparsable")  # a random-weight model answers anything
         assert row["prompt_tokens"] > 5 and 1 <= row["completion_tokens"] <= 4
         assert len(row["top_logprobs"]) == row["completion_tokens"]
         assert len(row["top_logprobs"][0]["token_ids"]) == 2
