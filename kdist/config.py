@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -261,6 +261,13 @@ class ResourcesSection(Section):
     cpu: str = Field(default="4", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="e.g. 4, 500m")
     memory: str = Field(default="16Gi", pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$")
     gpu: int = Field(default=0, ge=0, description="nvidia.com/gpu per pod")
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity_as_text(cls, value: Any) -> Any:
+        # `cpu: 4` in YAML (or an override cpu=4) is a number; Kubernetes quantities are text.
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return str(value) if is_number else value
 
 
 class TolerationSection(Section):

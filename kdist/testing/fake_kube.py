@@ -207,7 +207,9 @@ class FakeKube:
                 f" not a {resource.api_version}/{resource.kind}",
             )
         if not name:
-            raise ApiFailure(422, "Invalid", f"{resource.kind} is invalid: metadata.name: Required value")
+            raise ApiFailure(
+                422, "Invalid", f"{resource.kind} is invalid: metadata.name: Required value"
+            )
         if meta.get("namespace", namespace) != namespace:
             raise ApiFailure(
                 400, "BadRequest", "the namespace of the object does not match the request"
@@ -457,7 +459,8 @@ class _Handler(BaseHTTPRequestHandler):
         resource = RESOURCES.get((group, match["plural"]))
         if resource is None or resource.version != version or match["namespace"] is None:
             raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
-        self._dispatch(method, resource, match["namespace"], match["name"], match["sub"], query, body)
+        namespace, name, sub = match["namespace"], match["name"], match["sub"]
+        self._dispatch(method, resource, namespace, name, sub, query, body)
 
     def _allowed(
         self, method: str, group: str, match: re.Match, query: dict[str, list[str]]

@@ -27,7 +27,12 @@ def pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def as_pod_template_object(template: dict[str, Any]) -> dict[str, Any]:
     """A core v1 PodTemplate around a template, so the core schemas can check it strictly."""
-    return {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
+    return {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {"name": "t"},
+        "template": template,
+    }
 
 
 def core_errors(obj: dict[str, Any], version: str = KUBE_VERSION) -> list[str]:

@@ -278,7 +278,9 @@ def test_autoscaling_enables_the_ray_autoscaler_within_bounds(chart):
     assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 120
     worker = cluster["workerGroupSpecs"][0]
     assert (worker["minReplicas"], worker["maxReplicas"]) == (0, 8)
-    assert spec["entrypoint"] == "python /opt/kdist/ray_jobs/generate.py --config /etc/kdist/config.yaml"
+    assert spec["entrypoint"] == (
+        "python /opt/kdist/ray_jobs/generate.py --config /etc/kdist/config.yaml"
+    )
     # The autoscaler beside the head talks to the API; nothing else gets a token.
     assert cluster["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] is True
     assert worker["template"]["spec"]["automountServiceAccountToken"] is False

