@@ -157,6 +157,7 @@ def _train_step(engine, micro_batches: list[dict], world: int) -> dict[str, floa
     loss, ce, kd, real, slots = _all_reduce_sum(totals).tolist()
     seconds = time.monotonic() - step_started
     return {"loss": loss, "ce": ce, "kd": kd, "loss_tokens": int(tokens.item()),
+            "tokens": int(real),  # non-padding tokens of the step, all ranks
             "tokens_per_s": round(real / max(seconds, 1e-9), 1),
             "padding_fraction": round(1.0 - real / slots, 4) if slots else 0.0}
 
