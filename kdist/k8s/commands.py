@@ -15,6 +15,7 @@ from kdist.k8s.rayjob import STAGES, build_configmap, build_rayjob, check_name, 
 from kdist.k8s.shipped_config import ShippedConfig, load_shipped_config
 
 FAILED = 1
+INTERRUPTED = 130
 
 # The kubernetes client takes a second to import: only the commands that talk to a cluster
 # import it (kdist.k8s.jobs and kdist.k8s.api), inside their handlers.
@@ -104,14 +105,18 @@ def _submit_and_follow(args: argparse.Namespace, run: ShippedConfig, name: str) 
         if args.no_wait:
             print(f"follow it: kdist status {name} --namespace {namespace}")
             return 0
-        outcome = jobs.follow(
-            api,
-            name,
-            namespace,
-            since=created["metadata"]["resourceVersion"],
-            timeout=args.timeout,
-            on_change=lambda line: print(f"{time.strftime('%X')} {name}: {line}", flush=True),
-        )
+        try:
+            outcome = jobs.follow(
+                api,
+                name,
+                namespace,
+                since=created["metadata"]["resourceVersion"],
+                timeout=args.timeout,
+                on_change=lambda line: print(f"{time.strftime('%X')} {name}: {line}", flush=True),
+            )
+        except KeyboardInterrupt:
+            print(f"\nstopped following; the job goes on: kdist status {name} -n {namespace}")
+            return INTERRUPTED
         if not outcome.finished:
             print(f"still running after {args.timeout:g} s: kdist status {name} -n {namespace}")
             return FAILED
