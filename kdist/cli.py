@@ -50,7 +50,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    from kdist.demo import is_demo_config, load_demo_config
+
+    if is_demo_config(args.config):
+        config = load_demo_config(args.config, args.overrides)
+    else:
+        config = config_from_args(args)
     print(f"{args.config}: ok (run '{config.run.name}', outputs in {config.run.output_dir})")
     return 0
 

@@ -75,6 +75,15 @@ def load_demo_config(config_path: str | None, overrides: list[str]) -> RunConfig
     return validate_config(raw)
 
 
+def is_demo_config(config_path: str) -> bool:
+    """A demo config names no models: the demo builds them (its `demo` section says how)."""
+    try:
+        raw = yaml.safe_load(Path(config_path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # the normal loader reports it
+    return isinstance(raw, dict) and "demo" in raw
+
+
 def _default_config_path() -> Path:
     here = Path(DEFAULT_CONFIG)
     return here if here.exists() else Path(__file__).resolve().parents[1] / DEFAULT_CONFIG

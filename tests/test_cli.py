@@ -1,10 +1,13 @@
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
 import yaml
 
 from kdist.cli import build_parser, main
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_kdist(*args: str) -> subprocess.CompletedProcess:
@@ -25,6 +28,11 @@ def test_validate_ok(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"teacher": {"model": "t"}, "student": {"model": "s"}}))
     assert main(["validate", "--config", str(path)]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted(PROJECT_ROOT.glob("configs/*.yaml")), ids=lambda p: p.name)
+def test_example_configs_validate(path, capsys):
+    assert main(["validate", "--config", str(path)]) == 0
 
 
 def test_demo_config_in_repo_is_valid():
