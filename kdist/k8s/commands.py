@@ -30,7 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_args(submit)
     submit.add_argument("--name", help="RayJob name (default: from run.name)")
-    submit.add_argument("--stage", choices=STAGES, default="run", help="what the job runs")
+    submit.add_argument(
+        "--stage",
+        choices=STAGES,
+        help="what the job runs (default: demo for a demo config, else run)",
+    )
     submit.add_argument("--namespace", "-n", help="overrides cluster.namespace")
     submit.add_argument("--no-wait", action="store_true", help="create it and return")
     submit.add_argument("--timeout", type=float, help="stop following after SECONDS")
@@ -63,6 +67,10 @@ def _submit(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.namespace:
         overrides.append(f"cluster.namespace={args.namespace}")
+    if args.stage is None:
+        from kdist.demo import is_demo_config
+
+        args.stage = "demo" if is_demo_config(args.config) else "run"
     run = load_shipped_config(args.config, overrides, args.stage)
     config = run.config
     name = args.name or job_name(config)

@@ -282,3 +282,11 @@ def test_dry_run_and_chart_values_need_no_cluster(capsys, config_path, monkeypat
     code, out, _ = kdist(capsys, "submit", "-c", str(config_path), "--print-values")
     values = yaml.safe_load(out)
     assert values["worker"]["resources"]["gpu"] == 8
+
+
+def test_a_demo_config_runs_the_demo_stage_by_default(capsys):
+    demo_config = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    code, out, _ = kdist(capsys, "submit", "-c", str(demo_config), "--dry-run")
+    assert code == 0
+    _, rayjob = yaml.safe_load_all(out)
+    assert rayjob["spec"]["entrypoint"].startswith("python /opt/kdist/ray_jobs/demo.py ")
