@@ -38,3 +38,15 @@ install:
 
 clean-runs:
 	rm -rf runs/
+
+# Files derived from configs/demo.yaml (tests check they are current): the chart's default
+# config and the plain RayJob manifest.
+.PHONY: sync-demo-config
+sync-demo-config: $(TEST_STAMP)
+	cp configs/demo.yaml helm/kdist/files/config.yaml
+	head -8 k8s/rayjob-demo.yaml > k8s/.rayjob-demo.yaml.tmp
+	$(VENV)/bin/kdist submit -c configs/demo.yaml --stage demo --dry-run \
+	  cluster.head.resources.cpu=2 cluster.head.resources.memory=8Gi \
+	  cluster.workers.resources.cpu=4 cluster.workers.resources.memory=8Gi \
+	  cluster.workers.resources.gpu=0 | grep -v '^  namespace: ' >> k8s/.rayjob-demo.yaml.tmp
+	mv k8s/.rayjob-demo.yaml.tmp k8s/rayjob-demo.yaml

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,10 +48,13 @@ def ray_session(config: RunConfig, use_gpu: bool = False) -> Iterator[None]:
     address = config.runtime.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("attaching to the Ray cluster at %s", address)
+        # Under `ray job submit` the job's runtime env is merged with this one, and Ray refuses
+        # a merge where both set the same variable: leave out what the job already set.
+        env = {k: v for k, v in worker_env(use_gpu).items() if k not in os.environ}
         ray.init(
             address=address,
             log_to_driver=config.runtime.log_to_driver,
-            runtime_env={"env_vars": worker_env(use_gpu)},
+            runtime_env={"env_vars": env} if env else None,
         )
         try:
             yield
@@ -88,8 +92,12 @@ def _local_ray(config: RunConfig, use_gpu: bool) -> Iterator[None]:
         if node_ip != LOOPBACK:
             raise RuntimeError(f"local Ray bound to {node_ip}, not {LOOPBACK}")
         yield
-    finally:
+    except BaseException:
         ray.shutdown()
+        log.info("Ray logs of this run are kept in %s", temp_dir)
+        raise
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def output_dir(config: RunConfig) -> Path:

@@ -1,0 +1,66 @@
+"""The offline demo end to end (the README's first command), then again with --resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def run_demo(out_dir, *extra: str) -> subprocess.CompletedProcess:
+    flags = [arg for arg in extra if arg.startswith("--")]
+    overrides = [arg for arg in extra if not arg.startswith("--")]
+    command = [sys.executable, "-m", "kdist.cli", "demo", *flags, f"run.output_dir={out_dir}",
+               *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1200)
+
+
+def test_demo_distils_then_resumes_without_redoing_stages(tmp_path):
+    out = tmp_path / "demo"
+    first = run_demo(out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    accuracy = metrics["accuracy"]
+    assert set(accuracy) == {"base", "teacher", "student"}
+    assert metrics["wall_seconds"] > 0
+    assert "teacher validation accuracy" in first.stdout
+    # The teacher is clearly above chance (0.2), and the student learnt from it what the
+    # untrained base could not do.
+    assert accuracy["teacher"] >= 0.6
+    assert accuracy["student"] >= accuracy["base"] + 0.3
+    assert (out / "student" / "model" / "model.safetensors").exists()
+    assert (out / "student" / "adapter" / "adapter_config.json").exists()
+    assert (out / "eval" / "report.md").read_text().count("|") > 8
+    assert "api_key" not in (out / "config.yaml").read_text().replace("api_key_env", "")
+
+    started = time.monotonic()
+    second = run_demo(out, "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "nothing to redo" in second.stdout
+    assert time.monotonic() - started < 60
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+    # A changed evaluation setting redoes only the evaluation.
+    third = run_demo(out, "--resume", "evaluate.batch_size=100")
+    assert third.returncode == 0, third.stderr[-3000:]
+    skipped = third.stderr.count("skipped (--resume)")
+    assert skipped == 6, third.stderr[-3000:]  # 5 stages + the demo's models
+    assert "stage evaluate: starting" in third.stderr
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == accuracy
+
+
+def test_demo_refuses_a_teacher_at_chance(tmp_path):
+    result = run_demo(
+        tmp_path / "weak",
+        "data.source.teacher_train=256", "data.source.train=64", "data.source.validation=64",
+        "data.source.test=64", "demo.teacher_train.max_steps=2", "demo.teacher_train.eval_every=1",
+        "demo.teacher_train.num_workers=1", "demo.min_teacher_accuracy=0.9",
+    )
+    assert result.returncode == 1
+    assert "distilling from it would teach nothing" in result.stdout
+    assert not (tmp_path / "weak" / "responses").exists()
