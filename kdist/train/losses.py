@@ -288,35 +288,38 @@ def _select_teacher(
 
 
 class _ChunkedKD(torch.autograd.Function):
-    """Sums of (loss, CE, D) over chunks; gradients are computed chunk by chunk in forward."""
+    """Sums of (loss, CE, D) over chunks; gradients are computed chunk by chunk in forward.
+
+    Per chunk, autograd runs only from the loss back to the chunk's logits; the two matmuls
+    through the head are done by hand so that the head's gradient accumulates in place
+    (addmm_) instead of allocating a [V, H] gradient per chunk.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, teacher, params, chunk_size):
-        needs = ctx.needs_input_grad
-        grad_hidden = torch.zeros_like(hidden) if needs[0] else None
+        needs = ctx.needs_input_grad[:3]
         # Head gradients accumulate over chunks: keep them in at least fp32 (bf16 sums drift).
+        grad_hidden = torch.zeros_like(hidden) if needs[0] else None
         grad_weight = torch.zeros_like(weight, dtype=_upcast(weight).dtype) if needs[1] else None
         grad_bias = torch.zeros_like(bias, dtype=_upcast(bias).dtype) if needs[2] else None
         totals = torch.zeros(3, dtype=_upcast(hidden).dtype, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
+            h = hidden[rows]
             with torch.enable_grad():
-                h = hidden[rows].detach().requires_grad_(needs[0])
-                w = weight.detach().requires_grad_(needs[1])
-                b = bias.detach().requires_grad_(needs[2]) if bias is not None else None
-                logits = _upcast(F.linear(h, w, b))
+                logits = _upcast(F.linear(h, weight, bias)).detach().requires_grad_(any(needs))
                 ce_sum, kd_sum = _chunk_sums(
                     logits, labels[rows], _teacher_chunk(teacher, rows), params
                 )
                 loss_sum = _combine(ce_sum, kd_sum, params)
-                inputs = [x for x, need in ((h, needs[0]), (w, needs[1]), (b, needs[2])) if need]
-                grads = list(torch.autograd.grad(loss_sum, inputs)) if inputs else []
+                if any(needs):
+                    (grad_logits,) = torch.autograd.grad(loss_sum, [logits])
             if needs[0]:
-                grad_hidden[rows] = grads.pop(0)
+                grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if needs[1]:
-                grad_weight += grads.pop(0)
+                grad_weight.addmm_(grad_logits.T.to(grad_weight.dtype), h.to(grad_weight.dtype))
             if needs[2]:
-                grad_bias += grads.pop(0)
+                grad_bias += grad_logits.sum(0).to(grad_bias.dtype)
             totals += torch.stack([loss_sum.detach(), ce_sum.detach(), kd_sum.detach()])
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)

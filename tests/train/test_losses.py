@@ -254,3 +254,20 @@ def test_bad_params_say_what_is_allowed():
         KDParams(divergence="jsd", beta=1.0)
     with pytest.raises(ValueError, match="divergence must be"):
         KDParams(divergence="kl")
+
+
+def test_bf16_inputs_keep_their_dtype_and_stay_close_to_fp32():
+    hidden, weight, labels, t_hidden, t_weight = make_batch(seed=9)
+    params = KDParams(alpha=0.5, temperature=2.0)
+    n = int((labels != IGNORE_INDEX).sum())
+    h16 = hidden.detach().to(torch.bfloat16).requires_grad_()
+    w16 = weight.detach().to(torch.bfloat16).requires_grad_()
+    teacher16 = OnlineTeacher(t_hidden.to(torch.bfloat16), t_weight.to(torch.bfloat16))
+    got = chunked_kd_loss(h16, w16, labels, teacher16, params, n, chunk_size=8)
+    assert got.loss.dtype == torch.float32  # softmax and sums in fp32
+    g_h, g_w = grads(got.loss, h16, w16)
+    assert g_h.dtype == g_w.dtype == torch.bfloat16
+    ref = chunked_kd_loss(h16.detach().double().requires_grad_(), w16.detach().double(), labels,
+                          OnlineTeacher(teacher16.hidden.double(), teacher16.head_weight.double()),
+                          params, n)
+    assert got.loss.item() == pytest.approx(ref.loss.item(), rel=1e-2)

@@ -164,11 +164,13 @@ def test_zero3_full_finetuning_packed_with_accumulation(ray_cluster, tiny_model_
     assert not torch.allclose(logits_of(base, tokenizer), logits_of(trained, tokenizer), atol=1e-4)
 
 
-def test_online_logit_kd(ray_cluster, tiny_model_dir, teacher_dir, tmp_path):
+def test_online_logit_kd_under_zero3(ray_cluster, tiny_model_dir, teacher_dir, tmp_path):
+    """The frozen teacher sits in the DeepSpeed module: under ZeRO-3 it is partitioned too,
+    and both LM heads are gathered for the chunked loss (external parameters)."""
     from kdist.train.trainer import run_training
 
     spec = spec_for(tmp_path, tiny_model_dir,
-                    {"method": "lora", "zero_stage": 2, "max_steps": 4, "eval_every": 2,
+                    {"method": "lora", "zero_stage": 3, "max_steps": 4, "eval_every": 2,
                      "lora": {"r": 4, "alpha": 8, "modules_to_save": ["lm_head"]},
                      "kd": {"mode": "logit", "teacher_logits": "online", "alpha": 0.5,
                             "temperature": 2.0, "divergence": "jsd"}},
