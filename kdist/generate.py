@@ -46,6 +46,9 @@ REMOTE_KINDS = ("openai", "azure")
 REMOTE_WORKER_CPUS = 0.25
 SIDE_STAGE_CPUS = 0.1
 PROMPT_COLUMNS = ["id", "task", "messages", "meta", "split"]
+# Ray Data runs up to 4 batches of a block at once in an async actor (its default).
+BATCHES_PER_BLOCK = 4
+TASKS_PER_ACTOR = 2
 
 
 class GenerationFailed(RuntimeError):
@@ -112,31 +115,41 @@ def _plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 def fan_out(section: TeacherSection, todo: pa.Table, shards_uri: str, run_id: str) -> None:
     """Run the teacher over `todo` on Ray Data; every batch is written as a shard by a worker."""
     import ray
+    from ray.data import ActorPoolStrategy
     from tqdm import tqdm
 
-    dataset = ray.data.from_arrow(todo)
+    dataset = ray.data.from_arrow(_blocks(todo, section))
     writer = {"shards_uri": shards_uri, "run_id": run_id}
     common = {"batch_size": section.batch_size, "batch_format": "pyarrow"}
+    # Two blocks at a time per actor keep it busy between blocks, and bound what a kill -9
+    # can lose: answered-but-unwritten rows are at most the batches in flight.
+    pool = ActorPoolStrategy(size=section.replicas, max_tasks_in_flight_per_actor=TASKS_PER_ACTOR)
     if section.kind == "vllm":
         from kdist.teachers.vllm import VLLMTeacher
 
         answered = VLLMTeacher(section).transform(dataset)
         written = answered.map_batches(
-            _WriteAnswered, fn_constructor_kwargs=writer, concurrency=1, num_cpus=SIDE_STAGE_CPUS, **common
+            _WriteAnswered, fn_constructor_kwargs=writer, compute=ActorPoolStrategy(size=1), num_cpus=SIDE_STAGE_CPUS, **common
         )
     elif section.kind in REMOTE_KINDS:
         written = dataset.map_batches(
             _RemoteWorker, fn_constructor_kwargs={"section": section, **writer},
-            concurrency=section.replicas, num_cpus=REMOTE_WORKER_CPUS, **common,
+            compute=pool, num_cpus=REMOTE_WORKER_CPUS, **common,
         )  # fmt: skip
     else:
         written = dataset.map_batches(
             _LocalWorker, fn_constructor_kwargs={"section": section, **writer},
-            concurrency=section.replicas, num_cpus=1, **common,
+            compute=pool, num_cpus=1, **common,
         )  # fmt: skip
     with tqdm(total=todo.num_rows, desc="generate", unit="row", mininterval=2.0) as progress:
         for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
             progress.update(pc.sum(batch["rows"]).as_py() or 0)
+
+
+def _blocks(todo: pa.Table, section: TeacherSection) -> list[pa.Table]:
+    """Split the work so that every replica gets blocks (one block would feed one actor)."""
+    rows = max(1, min(section.batch_size * BATCHES_PER_BLOCK, -(-todo.num_rows // section.replicas)))
+    return [todo.slice(start, rows) for start in range(0, todo.num_rows, rows)]
 
 
 class _ShardWriter:

@@ -18,7 +18,7 @@ import yaml
 
 from kdist.config import DataSection
 from kdist.data.prepare import PROMPTS_FILE, prompt_rows
-from kdist.generate import RESPONSES_FILE
+from kdist.generate import BATCHES_PER_BLOCK, RESPONSES_FILE, TASKS_PER_ACTOR
 from kdist.rows import PROMPT_SCHEMA
 from kdist.testing.llm_server import LLMServer, ServerSettings, message_key
 
@@ -26,9 +26,9 @@ pytestmark = pytest.mark.slow
 
 ROWS = 1200
 BATCH = 16
-# Ray Data runs up to 4 batches at once in an async actor; rows of those batches may have been
-# answered but not yet written when the process dies.
-IN_FLIGHT_BOUND = 4 * BATCH
+# Rows answered but not yet written when the process dies are at most those of the batches in
+# flight: blocks in flight per actor x batches per block (all run at once in an async actor).
+IN_FLIGHT_BOUND = TASKS_PER_ACTOR * BATCHES_PER_BLOCK * BATCH
 
 
 def _generate(config_path, log_path) -> subprocess.Popen:
