@@ -65,6 +65,41 @@ def fanout_rows_per_s(server: LLMServer, kind: str, concurrency: int, rows: int,
     return rows / elapsed, failed, cpu / rows * 1000
 
 
+def stage_rows_per_s(server: LLMServer, rows: int, replicas: int, concurrency: int) -> float:
+    """Through kdist's generate stage on Ray Data: `replicas` actors of `concurrency` each.
+
+    Steady state: rows written after the first shard over the time between the first and the
+    last shard (Ray start-up and actor start-up excluded)."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdist.config import RunConfig
+    from kdist.generate import RESPONSES_FILE, run_generate
+    from kdist.rows import PROMPT_SCHEMA
+    from kdist.runtime import ray_session
+
+    work = Path(tempfile.mkdtemp(prefix="kdist-fanout-"))
+    prompts = [
+        {"id": f"s{i}", "task": "chat", "messages": r.messages, "reference": None, "split": "train", "meta": "{}"}
+        for i, r in enumerate(requests_for(rows, offset=30_000_000))
+    ]
+    pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), work / "prompts.parquet")
+    teacher = {
+        "kind": "openai", "model": "bench", "endpoint": server.openai_base_url, "api_key_env": "KDIST_BENCH_KEY",
+        "concurrency": concurrency, "batch_size": concurrency, "replicas": replicas, "splits": ["train"],
+        "sampling": {"max_tokens": 4},
+    }  # fmt: skip
+    config = RunConfig(teacher=teacher, student={"model": "unused"}, runtime={"log_to_driver": False})
+    with ray_session(config):
+        run_generate(config, work / "prompts.parquet", work / "responses")
+    shards = sorted((work / "responses" / RESPONSES_FILE).glob("part-*.parquet"), key=lambda f: f.stat().st_mtime)
+    later_rows = sum(pq.read_metadata(f).num_rows for f in shards[1:])
+    return later_rows / (shards[-1].stat().st_mtime - shards[0].stat().st_mtime)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000)
@@ -72,6 +107,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--sequential-rows", type=int, default=50, help="rows timed for the blocking loop")
     parser.add_argument("--backends", nargs="+", default=["openai", "azure"], choices=sorted(BACKENDS))
+    parser.add_argument("--stage-replicas", type=int, default=2, help="generate stage: actors (0: skip)")
     args = parser.parse_args()
     os.environ.setdefault("KDIST_BENCH_KEY", "bench")
 
@@ -93,6 +129,16 @@ def main() -> None:
                 print(f"{kind} concurrency {concurrency}: {rate:.1f} rows/s = {rate / ideal:.2f} of ideal "
                       f"({ideal:.0f}/s), {rate / sequential:.1f}x sequential, {failed} failed, {cpu_ms:.2f} ms CPU/request")  # fmt: skip
         figures["server_max_in_flight"] = server.stats()["max_in_flight"]
+        if args.stage_replicas:
+            per_actor = args.concurrency[0] // args.stage_replicas
+            rate = stage_rows_per_s(server, args.rows, args.stage_replicas, per_actor)
+            ideal = args.concurrency[0] / args.latency
+            tag = f"stage_{args.stage_replicas}x{per_actor}"
+            figures[f"{tag}_rows_per_s"] = round(rate, 1)
+            figures[f"{tag}_ratio_of_ideal"] = round(rate / ideal, 3)
+            figures[f"{tag}_x_sequential"] = round(rate / sequential, 1)
+            print(f"generate stage, openai, {args.stage_replicas} actors x {per_actor}: {rate:.1f} rows/s = "
+                  f"{rate / ideal:.2f} of ideal ({ideal:.0f}/s), {rate / sequential:.1f}x sequential")  # fmt: skip
     params = {
         "rows": args.rows,
         "latency_s": args.latency,
