@@ -232,7 +232,7 @@ def test_recovers_from_a_killed_worker_and_resumes(ray_cluster, tiny_model_dir, 
     from kdist.train.trainer import run_training
 
     spec = spec_for(tmp_path, tiny_model_dir,
-                    {"method": "lora", "zero_stage": 2, "max_steps": 12, "eval_every": 4,
+                    {"method": "lora", "zero_stage": 2, "max_steps": 8, "eval_every": 4,
                      "checkpoint_every": 2, "max_failures": 1, "lora": {"r": 4, "alpha": 8}},
                     sft_rows(64, 9), sft_rows(8, 10))
     out = Path(spec.out_dir)
@@ -242,7 +242,7 @@ def test_recovers_from_a_killed_worker_and_resumes(ray_cluster, tiny_model_dir, 
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
             steps = read_metrics(out) if (out / "metrics.jsonl").exists() else []
-            if steps and steps[-1]["step"] >= 5:  # checkpoints exist at steps 2 and 4
+            if steps and steps[-1]["step"] >= 3:  # a checkpoint exists at step 2
                 workers = _train_workers()
                 if workers:
                     victim = max(workers, key=lambda p: p.pid)
@@ -255,15 +255,15 @@ def test_recovers_from_a_killed_worker_and_resumes(ray_cluster, tiny_model_dir, 
     result = run_training(spec)
     killer.join(timeout=1)
     assert killed, "no worker was killed: the test did not exercise recovery"
-    assert result["steps"] == 12
+    assert result["steps"] == 8
     steps = [m["step"] for m in read_metrics(out)]
-    # restarted from the checkpoint at step 4 (or 6), redid the steps after it, each logged once
-    assert steps == list(range(1, 13))
+    # restarted from the latest checkpoint, redid the steps after it, each logged once
+    assert steps == list(range(1, 9))
     assert len(list((out / "ray_train" / "student").glob("checkpoint_*"))) >= 1
 
     # `kdist train --resume` after the run: a longer run continues from its last checkpoint
-    spec.train["max_steps"] = 14
+    spec.train["max_steps"] = 9
     spec.resume = True
     result = run_training(spec)
-    assert result["steps"] == 14
-    assert [m["step"] for m in read_metrics(out)] == list(range(1, 15))
+    assert result["steps"] == 9
+    assert [m["step"] for m in read_metrics(out)] == list(range(1, 10))
