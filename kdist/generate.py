@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class GenerationFailed(RuntimeError):
 
 def run_generate(config: RunConfig, prompts_path: Path | str, out_dir: Path | str) -> dict[str, Any]:
     section = config.teacher
+    check_credentials(section)
     store = ShardStore(_join(out_dir, RESPONSES_FILE))
     if removed := store.remove_temporaries():
         log.info("generate: removed %d half-written shards of an interrupted run", removed)
@@ -83,6 +85,16 @@ def run_generate(config: RunConfig, prompts_path: Path | str, out_dir: Path | st
             "a rerun asks again only for the rows without an answer"
         )
     return summary
+
+
+def check_credentials(section: TeacherSection) -> None:
+    """Fail in one line before any work when the key variable is named but not set (otherwise
+    every worker would fail to start, or every row would come back 401)."""
+    if section.kind in REMOTE_KINDS and section.api_key_env and not os.environ.get(section.api_key_env):
+        raise UsageError(
+            f"teacher.api_key_env names {section.api_key_env}, which is not set in this environment "
+            "(set it, e.g. from a Kubernetes Secret, or remove api_key_env to use Entra ID on Azure)"
+        )
 
 
 # --- input ---------------------------------------------------------------------------------
