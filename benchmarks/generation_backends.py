@@ -47,7 +47,7 @@ def teacher_section(kind: str, model: Path, args: argparse.Namespace) -> dict[st
         "sampling": {"temperature": 0.0, "max_tokens": args.max_tokens},
     }  # fmt: skip
     if kind == "vllm":
-        teacher["engine_kwargs"] = {"max_model_len": 256, "dtype": "float32"}
+        teacher["engine_kwargs"] = {"max_model_len": 256, "dtype": args.vllm_dtype}
     return teacher
 
 
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--hf-batch", type=int, default=32)
     parser.add_argument("--hf-replicas", type=int, default=2)
     parser.add_argument("--vllm-batch", type=int, default=64, help="keep prompts/batch <= 8: all batches admitted at once")
+    parser.add_argument("--vllm-dtype", default="float32", help="float32 like the hf backend on CPU, or bfloat16")
     parser.add_argument("--backends", nargs="+", default=["hf", "vllm"])
     parser.add_argument("--skip-end-to-end", action="store_true")
     args = parser.parse_args()
