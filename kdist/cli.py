@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from kdist.config import ConfigError, RunConfig, load_config
-from kdist.errors import UsageError
+from kdist.errors import StageFailed, UsageError
 
 USAGE_ERROR = 2
 
@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"kdist: {err}", file=sys.stderr)
         return USAGE_ERROR
+    except StageFailed as err:
+        print(f"kdist: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

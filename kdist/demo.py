@@ -33,10 +33,6 @@ DEFAULT_CONFIG = "configs/demo.yaml"
 TEACHER_TRAIN_SPLIT = "teacher_train"
 
 
-class TeacherTooWeak(RuntimeError):
-    pass
-
-
 def run_demo(config_path: str | None, overrides: list[str], resume: bool = False) -> int:
     started = time.monotonic()
     config = load_demo_config(config_path, overrides)

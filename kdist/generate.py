@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from kdist.config import PriceSection, RunConfig, TeacherSection
 from kdist.data.tasks import LETTERS, parse_choice
-from kdist.errors import UsageError
+from kdist.errors import StageFailed, UsageError
 from kdist.responses_store import ShardStore, filesystem_for, new_run_id
 from kdist.rows import RESPONSE_SCHEMA
 from kdist.teachers.base import ChatRequest, TeacherResponse, request_hash
@@ -52,7 +52,7 @@ BATCHES_PER_BLOCK = 4
 TASKS_PER_ACTOR = 2
 
 
-class GenerationFailed(RuntimeError):
+class GenerationFailed(StageFailed):
     """Too few rows succeeded (below teacher.min_success_ratio); the summary says why."""
 
 

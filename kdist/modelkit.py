@@ -79,7 +79,8 @@ def build_llama(build: ModelBuildSection, tokenizer, out_dir: Path, seed: int = 
         tie_word_embeddings=False,
         torch_dtype="float32",
     )
-    model = LlamaForCausalLM(config)
+    # Cast explicitly: the constructor follows torch's process-wide default dtype.
+    model = LlamaForCausalLM(config).to(dtype=torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -31,3 +31,20 @@ def test_model_dir_loads_with_transformers_and_generates(tiny_model_dir):
         out = model.generate(**batch, max_new_tokens=3, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] == batch["input_ids"].shape[1] + 3 or tokenizer.eos_token_id in out[0]
+
+
+def test_built_model_is_float32_whatever_the_default_dtype(tiny_model_dir, tmp_path):
+    import torch
+
+    from kdist.config import ModelBuildSection
+    from kdist.modelkit import build_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build_llama(ModelBuildSection(hidden_size=32, num_layers=1, num_heads=2),
+                            tokenizer, tmp_path / "m")
+    finally:
+        torch.set_default_dtype(previous)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

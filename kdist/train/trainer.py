@@ -29,6 +29,7 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
 
     section = spec.section()
     check_vocabularies(spec)
+    check_enough_rows(spec)
     out = Path(spec.out_dir).resolve()
     storage = out / "ray_train"
     if not spec.resume:
@@ -57,6 +58,18 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
              " (resuming)" if spec.resume else "")
     trainer.fit()
     return json.loads((out / "train_result.json").read_text())
+
+
+def check_enough_rows(spec: TrainSpec) -> None:
+    """Before any worker starts: fewer rows than one batch can never make an optimizer step
+    (the judge's filter may have left fewer than the prompts). Reads the Parquet footer only."""
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(spec.train_path).metadata.num_rows
+    batch_size = spec.section().batch_size
+    if rows < batch_size:
+        raise UsageError(f"{spec.train_path} has {rows} rows, fewer than train.batch_size "
+                         f"({batch_size}); lower train.batch_size or train on more rows")
 
 
 def check_vocabularies(spec: TrainSpec) -> None:

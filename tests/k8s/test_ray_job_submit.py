@@ -37,6 +37,7 @@ SMALL_DEMO = [
     "train.num_workers=1",
     "demo.teacher_train.eval_every=5",
     "demo.min_teacher_accuracy=0.01",
+    "train.batch_size=16",
     "train.max_steps=4",
     "train.eval_every=2",
 ]

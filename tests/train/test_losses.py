@@ -17,8 +17,17 @@ from kdist.train.losses import (
     kd_loss,
 )
 
-torch.set_default_dtype(torch.float64)  # compare formulas, not rounding
 N, H, HT, V = 37, 16, 12, 50
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Compare formulas, not rounding; restore the default so later tests (which build and
+    save models in this process) are not silently run in float64."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def reference_loss(student_logits, labels, teacher_logits, alpha, t, kind, beta, n_tokens):

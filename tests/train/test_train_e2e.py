@@ -267,3 +267,13 @@ def test_recovers_from_a_killed_worker_and_resumes(ray_cluster, tiny_model_dir, 
     result = run_training(spec)
     assert result["steps"] == 9
     assert [m["step"] for m in read_metrics(out)] == list(range(1, 10))
+
+
+def test_fewer_rows_than_a_batch_fails_before_any_worker_starts(tiny_model_dir, tmp_path):
+    from kdist.errors import UsageError
+    from kdist.train.trainer import run_training
+
+    spec = spec_for(tmp_path, tiny_model_dir, {"batch_size": 16}, sft_rows(10, 1), sft_rows(4, 2))
+    with pytest.raises(UsageError, match=r"has 10 rows, fewer than train.batch_size \(16\)"):
+        run_training(spec)
+    assert not (tmp_path / "out" / "ray_train").exists()
