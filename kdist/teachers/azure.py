@@ -22,9 +22,8 @@ from azure.core.exceptions import (
     ServiceResponseTimeoutError,
 )
 
-from kdist.config import TeacherSection
 from kdist.teachers.base import ChatRequest, TeacherResponse
-from kdist.teachers.remote import RemoteTeacher, api_key_from_env, top_logprobs_from_openai
+from kdist.teachers.remote import RemoteTeacher, top_logprobs_from_openai
 from kdist.teachers.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
 
 _DEFAULT_API_VERSION = "2024-05-01-preview"
@@ -32,12 +31,6 @@ _DEFAULT_API_VERSION = "2024-05-01-preview"
 
 class AzureTeacher(RemoteTeacher):
     kind = "azure"
-
-    def __init__(self, section: TeacherSection) -> None:
-        super().__init__(section)
-        self._api_key = api_key_from_env(section)
-        self._client: ChatCompletionsClient | None = None
-        self._credential: Any = None
 
     def _model_extras(self) -> dict[str, Any] | None:
         extras: dict[str, Any] = dict(self.section.request_extras)
@@ -103,11 +96,3 @@ class AzureTeacher(RemoteTeacher):
             top_logprobs=top_logprobs_from_openai(logprobs),
             status=200,
         )
-
-    async def _aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-        if self._credential is not None:
-            await self._credential.close()
-            self._credential = None

@@ -14,7 +14,7 @@ import openai
 
 from kdist.config import TeacherSection
 from kdist.teachers.base import ChatRequest, TeacherResponse
-from kdist.teachers.remote import RemoteTeacher, api_key_from_env, sampling_params, top_logprobs_from_openai
+from kdist.teachers.remote import RemoteTeacher, sampling_params, top_logprobs_from_openai
 from kdist.teachers.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
 
 _AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -25,9 +25,6 @@ class OpenAITeacher(RemoteTeacher):
 
     def __init__(self, section: TeacherSection) -> None:
         super().__init__(section)
-        self._api_key = api_key_from_env(section)
-        self._client: openai.AsyncOpenAI | None = None
-        self._credential: Any = None
         self._body = self._request_body(section)
 
     @staticmethod
@@ -103,14 +100,6 @@ class OpenAITeacher(RemoteTeacher):
             top_logprobs=top_logprobs_from_openai((choice.get("logprobs") or {}).get("content")),
             status=reply.status_code,
         )
-
-    async def _aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-        if self._credential is not None:
-            await self._credential.close()
-            self._credential = None
 
 
 def _error_code(body: object) -> str | None:

@@ -1,8 +1,9 @@
 """What the HTTP teacher backends (openai, azure) share: a batch of requests fanned out as
 concurrent async calls, each ending as exactly one TeacherResponse.
 
-A backend subclass implements only `_complete(request)` (one attempt, raising RequestFailed)
-and `_aclose()`. Concurrency is a semaphore per worker, not a thread per request; the
+A backend subclass implements only `_open()` (create `self._client`, and `self._credential`
+for Entra ID, both closed by `_aclose()`) and `_complete(request)` (one attempt, raising
+RequestFailed). Concurrency is a semaphore per worker, not a thread per request; the
 semaphore, rate limiter and SDK client are created inside the event loop that uses them.
 Callers inside an event loop (Ray Data async UDFs) await `agenerate`; plain callers use
 `generate`, which runs the same code on a private loop thread.
@@ -87,6 +88,9 @@ class RemoteTeacher:
         self._limits: RateLimits | None = None
         self._private_loop: asyncio.AbstractEventLoop | None = None
         self._private_thread: threading.Thread | None = None
+        self._api_key = api_key_from_env(section)
+        self._client: Any = None
+        self._credential: Any = None  # an Entra ID credential when there is no key
 
     # --- subclass hooks -------------------------------------------------------------------
 
@@ -97,7 +101,12 @@ class RemoteTeacher:
         raise NotImplementedError
 
     async def _aclose(self) -> None:
-        """Close the SDK client."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None
 
     # --- the fan-out ------------------------------------------------------------------------
 
