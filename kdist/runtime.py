@@ -83,7 +83,12 @@ def _local_ray(config: RunConfig, use_gpu: bool) -> Iterator[None]:
         _node_ip_address=LOOPBACK,
         _temp_dir=temp_dir,
         num_cpus=config.runtime.num_cpus,
-        include_dashboard=False,
+        # On (127.0.0.1 only): Ray Train's placement-group cleaner asks the state API, served by
+        # the dashboard, every second whether the controller lives; without it, every ask
+        # fails with a warning line (hundreds per training run) and a crashed controller's
+        # placement group would never be freed. Costs 1-4 s of start-up.
+        include_dashboard=True,
+        dashboard_host=LOOPBACK,
         log_to_driver=config.runtime.log_to_driver,
         runtime_env={"env_vars": worker_env(use_gpu)},
     )
