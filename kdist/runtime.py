@@ -32,7 +32,9 @@ CPU_WORKER_ENV = {
 
 
 def worker_env(use_gpu: bool) -> dict[str, str]:
-    env = {"TOKENIZERS_PARALLELISM": "false"}
+    # Ray Train turns a worker's print() into a log record and also echoes it when stdout is
+    # wrapped, as Ray's workers' stdout is: every progress line reached the driver twice.
+    env = {"TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     if not use_gpu:
         env.update(CPU_WORKER_ENV)
     return env

@@ -45,6 +45,8 @@ def test_demo_distils_then_resumes_without_redoing_stages(tmp_path):
     assert "api_key" not in (out / "config.yaml").read_text().replace("api_key_env", "")
     # Ray Train's helpers reach the state API of the local Ray (no warning every second).
     assert "Failed to query Ray Train Controller" not in first.stderr + first.stdout
+    # A worker's progress line reaches the driver once (not echoed by Ray Train's print patch).
+    assert (first.stdout + first.stderr).count("[teacher] step 25/") == 1
 
     started = time.monotonic()
     second = run_demo(out, "--resume", *QUICKER)
