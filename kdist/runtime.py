@@ -88,7 +88,7 @@ def _local_ray(config: RunConfig, use_gpu: bool) -> Iterator[None]:
         # On (127.0.0.1 only): Ray Train's placement-group cleaner asks the state API, served by
         # the dashboard, every second whether the controller lives; without it, every ask
         # fails with a warning line (hundreds per training run) and a crashed controller's
-        # placement group would never be freed. Costs 1-4 s of start-up.
+        # placement group would never be freed. (ray.init took no longer with it, measured.)
         include_dashboard=True,
         dashboard_host=LOOPBACK,
         log_to_driver=config.runtime.log_to_driver,
