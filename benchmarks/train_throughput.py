@@ -5,15 +5,17 @@ chat rows, tokenized and packed by kdist into rows of --seq-len tokens), same gl
 full fine-tuning in fp32 with AdamW:
 
 - kdist: `run_training` with 2 Ray Train workers x 1 CPU each (one thread each), DeepSpeed
-  over gloo at each ZeRO stage in --zero-stages (default 0 and 2); tokens/s from the per-step metrics (wall time between the first measured
-  step and the last, so all-reduces, logging and data loading count);
+  over gloo, once per ZeRO stage in --zero-stages (default 0 and 2); tokens/s from the per-step
+  metrics (wall time between the first measured step and the last, so all-reduces, logging and
+  data loading count);
 - plain: one process, torch using both cores, the model's own loss, torch.optim.AdamW.
 
 Both skip --warmup steps before measuring. The machine may be shared: the ratio is the figure
 (the plain loop runs before and after the kdist run and the faster of the two is the baseline;
 the 1-minute load average around the kdist run is printed so a disturbed measurement shows).
 
-Usage: python benchmarks/train_throughput.py [--steps 12] [--hidden 512] [--layers 8] [--zero-stages 0 2]
+Usage: python benchmarks/train_throughput.py [--steps 12] [--hidden 512] [--layers 8]
+                                             [--zero-stages 0 2]
 """
 
 from __future__ import annotations

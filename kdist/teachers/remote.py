@@ -101,6 +101,7 @@ class RemoteTeacher:
         raise NotImplementedError
 
     async def _aclose(self) -> None:
+        """Close what `_open` created (shared: both SDKs' clients and credentials have close())."""
         if self._client is not None:
             await self._client.close()
             self._client = None
