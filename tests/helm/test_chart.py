@@ -20,8 +20,8 @@ from kdist.config import validate_config  # noqa: E402
 from kdist.k8s.chart_values import chart_values  # noqa: E402
 from kdist.k8s.rayjob import build_configmap, build_rayjob  # noqa: E402
 from kdist.k8s.shipped_config import shipped  # noqa: E402
-from kdist.testing import kuberay_schema  # noqa: E402
-from kdist.testing.manifests import (  # noqa: E402
+from support import kuberay_schema  # noqa: E402
+from support.manifests import (  # noqa: E402
     core_errors,
     documents,
     pod_templates,
@@ -124,10 +124,7 @@ def one(found: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def crd_folder() -> str:
-    folder = kuberay_schema.crd_dir()
-    if not (folder / kuberay_schema.RAYJOB_CRD).exists():
-        pytest.skip(f"KubeRay CRDs not found in {folder} (set KDIST_KUBERAY_CRDS)")
-    return str(folder)
+    return str(kuberay_schema.require_crd_dir())  # missing CRDs fail, saying where they go
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

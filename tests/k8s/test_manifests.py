@@ -13,9 +13,9 @@ import pytest
 from kdist.cli import main
 from kdist.k8s.rayjob import build_configmap, build_rayjob
 from kdist.k8s.shipped_config import load_shipped_config
-from kdist.testing import kuberay_schema
-from kdist.testing.fake_kube import RAYJOBS, FakeKube
-from kdist.testing.manifests import core_errors, documents, restricted_profile_errors
+from support import kuberay_schema
+from support.fake_kube import RAYJOBS, FakeKube
+from support.manifests import core_errors, documents, restricted_profile_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "k8s").glob("*.yaml"))
@@ -46,13 +46,12 @@ def test_every_object_is_valid_kubernetes(version):
 
 
 def test_rayjobs_are_valid_for_kuberay_and_follow_the_restricted_profile():
-    folder = kuberay_schema.crd_dir()
+    folder = str(kuberay_schema.require_crd_dir())
     rayjobs = [obj for _, obj in all_objects() if obj["kind"] == "RayJob"]
     assert rayjobs
     for rayjob in rayjobs:
         assert restricted_profile_errors(rayjob) == []
-        if (folder / kuberay_schema.RAYJOB_CRD).exists():
-            assert kuberay_schema.rayjob_errors(rayjob, str(folder)) == []
+        assert kuberay_schema.rayjob_errors(rayjob, folder) == []
 
 
 def test_no_namespace_is_hard_coded():

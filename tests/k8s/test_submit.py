@@ -17,9 +17,9 @@ from kdist.cli import main
 from kdist.config import load_config
 from kdist.k8s.api import KubeError, explained
 from kdist.k8s.rayjob import build_rayjob
-from kdist.testing import kuberay_schema
-from kdist.testing.fake_kube import CONFIGMAPS, RAYJOBS, FakeKube
-from kdist.testing.manifests import core_errors
+from support import kuberay_schema
+from support.fake_kube import CONFIGMAPS, RAYJOBS, FakeKube
+from support.manifests import core_errors
 
 NAMESPACE = "ml-team"
 NAME = "tiny-distil"
@@ -36,11 +36,6 @@ cluster:
 """
 
 
-def crd_folder() -> str | None:
-    folder = kuberay_schema.crd_dir()
-    return str(folder) if (folder / kuberay_schema.RAYJOB_CRD).exists() else None
-
-
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     path = tmp_path / "run.yaml"
@@ -51,7 +46,7 @@ def config_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def kube():
     # Short watches make the client reconnect (from its last resourceVersion) during a test.
-    with FakeKube(crd_folder=crd_folder(), max_watch_seconds=0.5) as server:
+    with FakeKube(max_watch_seconds=0.5) as server:
         yield server
 
 
@@ -256,8 +251,6 @@ def test_bad_credentials_and_unreachable_server(capsys, kube, tmp_path, config_p
 
 
 def test_schema_rejection_is_a_one_line_422(kube, kubeconfig, config_path):
-    if kube.crd_folder is None:
-        pytest.skip(f"KubeRay CRDs not found in {kuberay_schema.crd_dir()}")
     rayjob = build_rayjob(load_config(config_path), NAME)
     rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replica"] = 2  # a typo
     api = kube_config.new_client_from_config(config_file=str(kubeconfig))

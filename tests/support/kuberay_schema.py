@@ -1,7 +1,8 @@
 """Validate RayJob objects the way a KubeRay v1 API server and operator would (for tests).
 
 The CRDs are test data outside the project (../shared/kuberay/, or $KDIST_KUBERAY_CRDS); they
-are read, never copied. A plain JSON-schema check of the CRD's openAPIV3Schema is adjusted to
+are read, never copied, and required: without them a test that checks a RayJob fails with a
+line that says where to put them (a check that passes in silence would prove nothing). A plain JSON-schema check of the CRD's openAPIV3Schema is adjusted to
 what the API server does: `metadata` is a plain object, required fields that have a default
 are filled in before validation, and unknown fields are rejected (strict field validation)
 where the schema does not preserve them. `operator_errors` adds rules a schema cannot express.
@@ -19,6 +20,7 @@ import yaml
 
 RAYJOB_CRD = "ray.io_rayjobs.yaml"
 MAX_RAYJOB_NAME = 47
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def crd_dir() -> Path:
@@ -26,12 +28,30 @@ def crd_dir() -> Path:
     override = os.environ.get("KDIST_KUBERAY_CRDS")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "kuberay"
+    return REPO_ROOT.parent / "shared" / "kuberay"
+
+
+def missing_crds_message(folder: Path) -> str:
+    return (
+        f"KubeRay CRDs not found: put {RAYJOB_CRD} (KubeRay v1.7.0,"
+        f" ray-operator/config/crd/bases/) in {folder}, or set KDIST_KUBERAY_CRDS to the"
+        " folder that holds it (never copy it into the repository)"
+    )
+
+
+def require_crd_dir() -> Path:
+    """The CRD folder, or a failed test that says where to put the CRDs."""
+    import pytest
+
+    folder = crd_dir()
+    if not (folder / RAYJOB_CRD).is_file():
+        pytest.fail(missing_crds_message(folder), pytrace=False)
+    return folder
 
 
 @functools.lru_cache(maxsize=4)
 def rayjob_schema(folder: str | None = None) -> dict[str, Any]:
-    path = Path(folder or crd_dir()) / RAYJOB_CRD
+    path = Path(folder or require_crd_dir()) / RAYJOB_CRD
     # The CRD is 1.4 MB of YAML: the C loader reads it in a fraction of the pure-Python time.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load(path.read_text(), Loader=loader)  # noqa: S506 (a safe loader)

@@ -7,11 +7,15 @@ subresource and discovery), ConfigMaps and Pods (list and log), with the API ser
 behaviour where it matters:
 
 - 201 on create with uid, resourceVersion, generation, creationTimestamp; 409 AlreadyExists;
-  422 Invalid when the KubeRay CRD schema rejects a RayJob (given the CRD folder); status
-  given on create is dropped, and only /status writes it.
+  422 Invalid when the KubeRay CRD schema rejects a RayJob (the CRDs are required: without
+  them the server does not start, so no RayJob is ever accepted unchecked); status given on
+  create is dropped, and only /status writes it.
 - merge-patch on objects and on /status; DELETE; list with label and field selectors.
 - watch (`?watch=true`) from a resourceVersion, or from now with synthetic ADDED events,
   streamed as chunked JSON lines until `timeoutSeconds`.
+- pod logs: 400 while the pod is Pending (its container is waiting to start), `tailLines`,
+  and `follow=true` streamed as chunks while the pod runs, ending when it terminates
+  (`add_pod`, `append_log`, `set_pod_phase` play the kubelet).
 - modes: `forbidden` (403 for every request, as RBAC would), `rules` (the rules of an RBAC
   Role: a request that no rule allows gets 403), `crd_installed=False` (404 on ray.io, as
   when KubeRay is not installed), and a bearer token that must be presented.
@@ -20,6 +24,7 @@ behaviour where it matters:
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 import threading
@@ -33,6 +38,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import yaml
+
+from . import kuberay_schema
 
 RAY_GROUP_VERSION = "ray.io/v1"
 
@@ -96,6 +103,7 @@ class Event:
 class FakeKube:
     """Start with `with FakeKube(...) as kube:`; `kube.write_kubeconfig(path)` for clients."""
 
+    # The KubeRay CRD folder RayJobs are validated against; None: the project's (required).
     crd_folder: str | Path | None = None
     crd_installed: bool = True
     forbidden: bool = False
@@ -105,6 +113,8 @@ class FakeKube:
     user: str = "system:serviceaccount:default:kdist-submitter"
     # Server-side cap on one watch request, like the API server's --min-request-timeout.
     max_watch_seconds: float = 30.0
+    # A log follow ends after this long even while the pod runs (as proxies cut idle streams).
+    max_log_follow_seconds: float = 30.0
     objects: dict[tuple[Resource, str, str], dict[str, Any]] = field(default_factory=dict)
     pod_logs: dict[tuple[str, str], str] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -127,6 +137,9 @@ class FakeKube:
         self.stop()
 
     def start(self) -> None:
+        self.crd_folder = Path(self.crd_folder or kuberay_schema.require_crd_dir())
+        if not (self.crd_folder / kuberay_schema.RAYJOB_CRD).is_file():
+            raise FileNotFoundError(kuberay_schema.missing_crds_message(self.crd_folder))
         handler = type("Handler", (_Handler,), {"kube": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -176,15 +189,65 @@ class FakeKube:
     def set_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.patch(RAYJOBS, namespace, name, {"status": status}, subresource="status")
 
-    def add_pod(self, namespace: str, name: str, labels: dict[str, str], log: str) -> None:
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        labels: dict[str, str],
+        log: str = "",
+        phase: str = "Running",
+    ) -> None:
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "spec": {"containers": [{"name": "main", "image": "x"}]},
         }
-        self.create(PODS, namespace, pod)
-        self.pod_logs[(namespace, name)] = log
+        with self._changed:
+            self.pod_logs[(namespace, name)] = log
+            self.create(PODS, namespace, pod)
+        self.set_pod_phase(namespace, name, phase)
+
+    def set_pod_phase(self, namespace: str, name: str, phase: str) -> None:
+        """Pending, Running, Succeeded or Failed; a terminated pod's log follow ends."""
+        self.patch(PODS, namespace, name, {"status": {"phase": phase}}, subresource="status")
+
+    def append_log(self, namespace: str, name: str, text: str) -> None:
+        with self._changed:
+            self.pod_logs[(namespace, name)] += text
+            self._changed.notify_all()
+
+    def pod_log(self, namespace: str, name: str, tail: int | None, follow: bool):
+        """Yield the log as the kubelet serves it: all (or the last `tail` lines), then, when
+        following, what is appended until the pod terminates."""
+        key = (PODS, namespace, name)
+        with self._changed:
+            pod = self._existing(key)
+            phase = (pod.get("status") or {}).get("phase", "Pending")
+            if phase == "Pending":
+                raise ApiFailure(
+                    400,
+                    "BadRequest",
+                    f'container "main" in pod "{name}" is waiting to start: ContainerCreating',
+                )
+            text = self.pod_logs.get((namespace, name), "")
+        sent = len(text)
+        yield _tail(text, tail)
+        deadline = time.monotonic() + self.max_log_follow_seconds
+        while follow:
+            with self._changed:
+                text = self.pod_logs.get((namespace, name), "")
+                pod = self.objects.get(key)
+                running = pod is not None and pod.get("status", {}).get("phase") == "Running"
+                left = deadline - time.monotonic()
+                if len(text) == sent and running and left > 0 and not self._stopping:
+                    self._changed.wait(left)
+                    continue
+            if len(text) > sent:
+                yield text[sent:]
+                sent = len(text)
+            elif not running or left <= 0 or self._stopping:
+                return
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -241,9 +304,7 @@ class FakeKube:
             return copy.deepcopy(obj)
 
     def _validate_rayjob(self, name: str, body: dict[str, Any]) -> None:
-        from kdist.testing.kuberay_schema import schema_errors
-
-        errors = schema_errors(body, str(self.crd_folder))
+        errors = kuberay_schema.schema_errors(body, str(self.crd_folder))
         if errors:
             raise ApiFailure(
                 422,
@@ -358,6 +419,13 @@ def _verb(method: str, match: re.Match, query: dict[str, list[str]]) -> str:
     return {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update"}.get(
         method, "delete"
     )
+
+
+def _tail(text: str, lines: int | None) -> str:
+    if lines is None:
+        return text
+    kept = text.splitlines(keepends=True)
+    return "".join(kept[-lines:]) if lines > 0 else ""
 
 
 def _now() -> str:
@@ -536,8 +604,7 @@ class _Handler(BaseHTTPRequestHandler):
                 }
                 return self._send_json(200, listing)
         elif sub == "log" and resource is PODS and method == "GET":
-            kube._existing((resource, namespace, name))
-            return self._send_text(200, kube.pod_logs.get((namespace, name), ""))
+            return self._log(namespace, name, query)
         elif sub is None or (sub == "status" and resource.has_status):
             if method == "GET":
                 return self._send_json(200, kube._existing((resource, namespace, name)))
@@ -566,6 +633,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chunk(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
             self._chunk(b"")
         except (BrokenPipeError, ConnectionResetError):  # the client stopped watching
+            pass
+
+    def _log(self, namespace: str, name: str, query: dict[str, list[str]]) -> None:
+        tail = int(query["tailLines"][0]) if "tailLines" in query else None
+        follow = query.get("follow", ["false"])[0] in ("true", "1")
+        parts = self.kube.pod_log(namespace, name, tail, follow)
+        first = next(parts)  # raises the 400 of a waiting container before any header
+        if not follow:
+            return self._send_text(200, first)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for text in itertools.chain([first], parts):
+                if text:
+                    self._chunk(text.encode())
+            self._chunk(b"")
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped following
             pass
 
     def _chunk(self, data: bytes) -> None:
