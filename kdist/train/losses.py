@@ -38,6 +38,10 @@ vocabulary (the tail) is unknown; two documented choices:
   conditional distribution given the top-k). Exact at any T, but blind to the student's mass
   outside the top-k (the CE term still pulls it toward the right token).
 
+Model families that transform logits after the LM head (Gemma-2/3's final soft-capping,
+Cohere's logit scale, Granite's logits scaling) pass a LogitTransform: every logit the loss
+sees is transform(hidden x head), exactly what the model's own forward returns.
+
 Entries with token id < 0 in the top-k are padding (fewer than k stored) and are ignored.
 Stored logprobs are taken as the teacher's log-probabilities at temperature 1.
 """
@@ -82,6 +86,27 @@ class KDParams:
 
 
 @dataclass(frozen=True)
+class LogitTransform:
+    """What a model does to hidden x head before returning logits: softcap(scale * z), where
+    softcap(x) = tanh(x / c) * c (Gemma-2 final_logit_softcapping: c; Cohere logit_scale:
+    scale; Granite logits_scaling s: scale = 1 / s)."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def _apply(transform: LogitTransform | None, logits: torch.Tensor) -> torch.Tensor:
+    return transform(logits) if transform is not None else logits
+
+
+@dataclass(frozen=True)
 class TopK:
     """Offline teacher: per token, k token ids (id < 0: padding) and their logprobs at T=1."""
 
@@ -96,6 +121,7 @@ class OnlineTeacher:
     hidden: torch.Tensor  # [N, Ht]
     head_weight: torch.Tensor  # [V, Ht]
     head_bias: torch.Tensor | None = None
+    transform: LogitTransform | None = None
 
 
 @dataclass
@@ -250,6 +276,7 @@ def chunked_kd_loss(
     num_loss_tokens: int | torch.Tensor,
     head_bias: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    transform: LogitTransform | None = None,
 ) -> LossParts:
     """The same loss as `kd_loss(hidden @ head_weight.T, ...)` without the [N, V] logits.
 
@@ -258,6 +285,8 @@ def chunked_kd_loss(
     cost nothing. Gradients flow to hidden, head_weight and head_bias when they require them.
     chunk_size (tokens per chunk) defaults to about 2^23 logits per chunk (32 MiB in fp32):
     256 tokens at a 32k vocabulary, 64 at 128k; big enough that the matmuls stay efficient.
+    transform: the student's post-head logit transform (the teacher's rides in OnlineTeacher).
+    Under torch.no_grad (validation) no gradient buffers are allocated at all.
     """
     chunk_size = chunk_size or max(16, _CHUNK_LOGITS // head_weight.shape[0])
     hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -266,7 +295,8 @@ def chunked_kd_loss(
     hidden, labels = hidden.index_select(0, keep), labels.index_select(0, keep)
     teacher = _select_teacher(teacher, keep)
     loss, ce, kd = _ChunkedKD.apply(
-        hidden, head_weight, head_bias, labels, teacher, params, chunk_size
+        hidden, head_weight, head_bias, labels, teacher, params, chunk_size, transform,
+        torch.is_grad_enabled(),
     )
     norm = torch.as_tensor(num_loss_tokens, dtype=loss.dtype, device=loss.device)
     return LossParts(loss=loss / norm, ce=ce / norm, kd=kd / norm)
@@ -277,7 +307,8 @@ def _select_teacher(
 ) -> OnlineTeacher | TopK | None:
     if isinstance(teacher, OnlineTeacher):
         hidden = teacher.hidden.reshape(-1, teacher.hidden.shape[-1]).index_select(0, keep)
-        return OnlineTeacher(hidden.detach(), teacher.head_weight.detach(), teacher.head_bias)
+        return OnlineTeacher(hidden.detach(), teacher.head_weight.detach(), teacher.head_bias,
+                             teacher.transform)
     if isinstance(teacher, TopK):
         k = teacher.token_ids.shape[-1]
         return TopK(
@@ -296,8 +327,11 @@ class _ChunkedKD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, teacher, params, chunk_size):
-        needs = ctx.needs_input_grad[:3]
+    def forward(ctx, hidden, weight, bias, labels, teacher, params, chunk_size, transform,
+                grad_enabled):
+        # needs_input_grad ignores no_grad mode: without the flag, validation would allocate a
+        # head-sized gradient buffer (V x H fp32) for nothing.
+        needs = tuple(n and grad_enabled for n in ctx.needs_input_grad[:3])
         # Head gradients accumulate over chunks: keep them in at least fp32 (bf16 sums drift).
         grad_hidden = torch.zeros_like(hidden) if needs[0] else None
         grad_weight = torch.zeros_like(weight, dtype=_upcast(weight).dtype) if needs[1] else None
@@ -309,7 +343,7 @@ class _ChunkedKD(torch.autograd.Function):
             with torch.enable_grad():
                 logits = _upcast(F.linear(h, weight, bias)).detach().requires_grad_(any(needs))
                 ce_sum, kd_sum = _chunk_sums(
-                    logits, labels[rows], _teacher_chunk(teacher, rows), params
+                    _apply(transform, logits), labels[rows], _teacher_chunk(teacher, rows), params
                 )
                 loss_sum = _combine(ce_sum, kd_sum, params)
                 if any(needs):
@@ -340,13 +374,16 @@ class _ChunkedKD(torch.autograd.Function):
             None,
             None,
             None,
+            None,
+            None,
         )
 
 
 def _teacher_chunk(teacher: OnlineTeacher | TopK | None, rows: slice):
     if isinstance(teacher, OnlineTeacher):
         with torch.no_grad():
-            return _upcast(F.linear(teacher.hidden[rows], teacher.head_weight, teacher.head_bias))
+            logits = _upcast(F.linear(teacher.hidden[rows], teacher.head_weight, teacher.head_bias))
+            return _apply(teacher.transform, logits)
     if isinstance(teacher, TopK):
         return TopK(teacher.token_ids[rows], teacher.logprobs[rows])
     return None

@@ -6,7 +6,9 @@ DeepSpeed wraps this module, not the bare student, so that:
 - an online teacher lives on the same workers, frozen, and under ZeRO-3 its parameters are
   partitioned like the student's (a teacher too large for one worker is sharded);
 - the heads' weights, used here outside their own modules' forward, are registered as external
-  parameters, which ZeRO-3 needs to gather them at the right time.
+  parameters, which ZeRO-3 needs to gather them at the right time;
+- each model's own post-head logit transform (see logit_transform) is applied to its chunked
+  logits, so the loss sees the logits the model's forward returns.
 
 Batches follow the transformers convention: labels unshifted (-100: no loss), and either an
 attention_mask (padded rows) or restarting position_ids without a mask (packed rows, see
@@ -19,7 +21,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdist.train.losses import IGNORE_INDEX, KDParams, OnlineTeacher, TopK, chunked_kd_loss
+from kdist.train.losses import (
+    IGNORE_INDEX,
+    KDParams,
+    LogitTransform,
+    OnlineTeacher,
+    TopK,
+    chunked_kd_loss,
+)
 
 
 class DistillationObjective(nn.Module):
@@ -38,6 +47,8 @@ class DistillationObjective(nn.Module):
         self.params = params or KDParams(alpha=1.0)
         self.logits_size = logits_size
         self.chunk_size = chunk_size
+        self.transforms = {"student": logit_transform(student),
+                           "teacher": logit_transform(teacher) if teacher is not None else None}
         for model in (student, teacher):
             if model is not None:
                 _register_head_as_external(self, _head(model))
@@ -62,18 +73,62 @@ class DistillationObjective(nn.Module):
             with torch.no_grad():
                 teacher_hidden = _final_hidden(self.teacher, inputs)[:, :-1]
             weight, bias = _head_tensors(self.teacher, self.logits_size)
-            teacher = OnlineTeacher(teacher_hidden, weight, bias)
+            teacher = OnlineTeacher(teacher_hidden, weight, bias, self.transforms["teacher"])
         elif topk_ids is not None:
             teacher = TopK(topk_ids[:, 1:], topk_logprobs[:, 1:])
         weight, bias = _head_tensors(self.student, self.logits_size)
         parts = chunked_kd_loss(hidden, weight, targets, teacher, self.params, num_loss_tokens,
-                                head_bias=bias, chunk_size=self.chunk_size)
+                                head_bias=bias, chunk_size=self.chunk_size,
+                                transform=self.transforms["student"])
         return parts.loss, parts.ce, parts.kd
 
 
 def count_loss_tokens(labels: torch.Tensor) -> int:
     """Loss tokens of a batch after the causal shift (the first position is never a target)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def logit_transform(model: nn.Module) -> LogitTransform | None:
+    """The transform the model's forward applies after its LM head, read from its config
+    (the text config of a multimodal one). None: logits are hidden x head, as for Llama."""
+    config = _text_config(_base(model))
+    scale = float(getattr(config, "logit_scale", None) or 1.0)  # Cohere: logits * scale
+    if getattr(config, "logits_scaling", None):  # Granite: logits / scaling
+        scale /= float(config.logits_scaling)
+    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma-2/3: tanh(x/c) * c
+    if scale == 1.0 and softcap is None:
+        return None
+    return LogitTransform(scale=scale, softcap=float(softcap) if softcap else None)
+
+
+def check_head_reproduces_logits(model: nn.Module) -> None:
+    """Refuse a model whose forward does something to its logits that logit_transform does not
+    know (another family's setting): the chunked loss would train against logits the model
+    never produces. One forward of 8 tokens, before training starts."""
+    import torch
+
+    base = _base(model)
+    ids = torch.arange(1, 9, device=base.device)[None]
+    was_training = base.training
+    base.eval()
+    with torch.no_grad():
+        expected = base(input_ids=ids, use_cache=False).logits[0].float()
+        weight, bias = _head_tensors(model, None)
+        got = nn.functional.linear(_final_hidden(model, {"input_ids": ids})[0], weight, bias)
+        transform = logit_transform(model)
+        got = transform(got.float()) if transform is not None else got.float()
+    base.train(was_training)
+    if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max())):
+        keys = sorted(k for k in _text_config(base).to_dict()
+                      if any(w in k for w in ("logit", "multiplier", "softcap")))
+        raise ValueError(f"{type(base).__name__}: its forward transforms the LM head's output "
+                         f"in a way kdist's chunked loss does not reproduce (config keys that "
+                         f"may say how: {', '.join(keys) or 'none'}); this model is unsupported")
+
+
+def _text_config(model: nn.Module):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def _base(model: nn.Module) -> nn.Module:
