@@ -3,6 +3,9 @@
 The next-token prediction after the generation cue is the model's answer: for the tasks kdist
 trains on, the first answer token is the choice letter. One forward pass is far cheaper than
 generate(), which matters when training checks validation accuracy every few steps.
+
+Only the last position's logits are asked for (logits_to_keep=1): full logits of a batch of 32
+prompts of 60 tokens at a 262k vocabulary would be 2 GB in fp32, for one column used.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from kdist.data.tasks import parse_choice
 
 
-def choice_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 128) -> float:
+def choice_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32) -> float:
     """rows: {"messages": prompt messages, "reference": letter}. Fraction answered right."""
     import torch
 
@@ -29,7 +32,7 @@ def choice_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 128) -
                 for r in chunk
             ]
             batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            logits = model(**batch.to(device)).logits[:, -1, :]
+            logits = model(**batch.to(device), logits_to_keep=1, use_cache=False).logits[:, -1]
             predicted = tokenizer.batch_decode(logits.argmax(dim=-1).unsqueeze(-1))
             correct += sum(parse_choice(p) == r["reference"] for p, r in zip(predicted, chunk))
     if was_training:

@@ -11,6 +11,10 @@ effective batch whatever the padding, packing or accumulation (DeepSpeed average
 over ranks, hence the factor world_size at backward, and is told not to divide by the
 accumulation steps again).
 
+Memory: every rank writes the peak RSS of each phase (load, setup, steps, validation,
+checkpoint, save) above its RSS before the model loaded to <out_dir>/memory/rank<N>.json
+(kdist.train.memory); benchmarks/train_memory.py reads them.
+
 Checkpoints go through ray.train.report (DeepSpeed's own files, every rank's shard, plus the
 step): a restarted worker group (FailureConfig) or a `--resume`d run continues from the latest
 one at the exact batch, since each epoch's order is a function of the seed.
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 DS_TAG = "ds"
+MEMORY_DIR = "memory"
 
 
 @dataclass
@@ -51,6 +56,8 @@ class TrainSpec:
     # prompts.parquet, for ground-truth answers (train.kd.ground_truth_mix).
     prompts_path: str | None = None
     resume: bool = False  # continue from the latest checkpoint of an earlier run
+    # student.chat_template: used instead of the tokenizer's own (base models have none).
+    chat_template: str | None = None
 
     def section(self) -> TrainSection:
         return TrainSection.model_validate(self.train)
@@ -62,6 +69,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     import torch
 
     from kdist.train.deepspeed_config import deepspeed_config
+    from kdist.train.memory import PhaseMemory
     from kdist.train.metrics import MetricsWriter
     from kdist.train.objective import DistillationObjective
 
@@ -70,26 +78,30 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(spec.seed)
+    memory = PhaseMemory()
 
-    tokenizer, student = _load_student(spec, section)
-    teacher, logits_size = _load_teacher(spec, section, tokenizer, student)
-    objective = DistillationObjective(student, _kd_params(section), teacher, logits_size,
-                                      section.kd.chunk_size)
-    ds_config = deepspeed_config(section)
-    data = _train_data(spec, section, tokenizer)
-    loader, sampler = _loader(data, ds_config["train_micro_batch_size_per_gpu"], spec.seed,
-                              rank, world)
-    accumulation = ds_config["gradient_accumulation_steps"]
-    steps_per_epoch = len(loader) // accumulation
-    if steps_per_epoch == 0:
-        raise ValueError(f"{spec.train_path}: too few rows for one optimizer step "
-                         f"(batch_size {section.batch_size})")
-    val_data = _eval_data(spec, section, tokenizer)
-    eval_rows = _eval_rows(spec.eval_path)
-    trainable = [p for p in objective.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=objective, model_parameters=trainable,
-                                           config=ds_config)
-    state = _restore(engine)
+    with memory.phase("load"):
+        tokenizer, student = _load_student(spec, section)
+        teacher, logits_size = _load_teacher(spec, section, tokenizer, student)
+        _check_heads(student, teacher)
+    with memory.phase("setup"):
+        objective = DistillationObjective(student, _kd_params(section), teacher, logits_size,
+                                          section.kd.chunk_size)
+        ds_config = deepspeed_config(section)
+        data = _train_data(spec, section, tokenizer)
+        loader, sampler = _loader(data, ds_config["train_micro_batch_size_per_gpu"], spec.seed,
+                                  rank, world)
+        accumulation = ds_config["gradient_accumulation_steps"]
+        steps_per_epoch = len(loader) // accumulation
+        if steps_per_epoch == 0:
+            raise ValueError(f"{spec.train_path}: too few rows for one optimizer step "
+                             f"(batch_size {section.batch_size})")
+        val_data = _eval_data(spec, section, tokenizer)
+        eval_rows = _eval_rows(spec.eval_path)
+        trainable = [p for p in objective.parameters() if p.requires_grad]
+        engine, _, _, _ = deepspeed.initialize(model=objective, model_parameters=trainable,
+                                               config=ds_config)
+        state = _restore(engine)
     metrics = MetricsWriter(Path(spec.out_dir), enabled=rank == 0, resume_step=state["step"])
     if rank == 0 and state["step"]:
         print(f"[{spec.label}] resumed from the checkpoint at step {state['step']}", flush=True)
@@ -102,7 +114,8 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         batches = itertools.islice(iter(loader), offset * accumulation,
                                    steps_per_epoch * accumulation)
         for micro_batches in _groups(batches, accumulation):
-            record = _train_step(engine, micro_batches, world)
+            with memory.phase("steps"):
+                record = _train_step(engine, micro_batches, world)
             step += 1
             elapsed = time.monotonic() - started
             record.update(step=step, epoch=epoch, lr=engine.get_lr()[0],
@@ -111,11 +124,12 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
             epoch_end = step % steps_per_epoch == 0
             evaluate = step % section.eval_every == 0 or last
             if evaluate or epoch_end:
-                val_loss = _validation_loss(engine, val_data, world)
-                record["val_loss"] = val_loss
-            if evaluate:
-                accuracy = _choice_accuracy(objective.student, tokenizer, eval_rows)
-                record["accuracy"] = accuracy
+                with memory.phase("validation"):
+                    val_loss = _validation_loss(engine, val_data, world)
+                    record["val_loss"] = val_loss
+                    if evaluate:
+                        accuracy = _choice_accuracy(objective.student, tokenizer, eval_rows)
+                        record["accuracy"] = accuracy
             metrics.write(record)
             if evaluate and rank == 0:
                 print(f"[{spec.label}] step {step}/{section.max_steps} loss {record['loss']:.4f}"
@@ -123,14 +137,17 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
                       flush=True)
             checkpoint = step % checkpoint_every == 0 and not last
             if evaluate or checkpoint:
-                _report(engine, record, checkpoint, rank,
-                        {"step": step, "elapsed": elapsed, "accuracy": accuracy})
+                with memory.phase("checkpoint"):
+                    _report(engine, record, checkpoint, rank,
+                            {"step": step, "elapsed": elapsed, "accuracy": accuracy})
             if evaluate:
                 done = last or _all_agree_to_stop(section, accuracy, elapsed)
             if done:
                 break
     metrics.close()
-    _save(engine, objective, tokenizer, spec, section, accuracy, step, val_loss, rank)
+    with memory.phase("save"):
+        _save(engine, objective, tokenizer, spec, section, accuracy, step, val_loss, rank)
+    memory.write(Path(spec.out_dir) / MEMORY_DIR / f"rank{rank}.json")
 
 
 # --- one optimizer step -----------------------------------------------------------------------
@@ -243,6 +260,8 @@ def _load_student(spec: TrainSpec, section: TrainSection):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model_dir)
+    if spec.chat_template:  # the config's template wins, and is saved with the model
+        tokenizer.chat_template = spec.chat_template
     model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=_torch_dtype(section))
     if section.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -279,6 +298,14 @@ def _load_teacher(spec: TrainSpec, section: TrainSection, tokenizer, student):
     teacher_size = teacher.get_output_embeddings().weight.shape[0]
     size = check_logit_kd_compatible(teacher_tokenizer, tokenizer, teacher_size, student_size)
     return teacher, size
+
+
+def _check_heads(student, teacher) -> None:
+    from kdist.train.objective import check_head_reproduces_logits
+
+    for model in (student, teacher):
+        if model is not None:
+            check_head_reproduces_logits(model)
 
 
 def _local_tokenizer(model_dir: str | None):

@@ -4,10 +4,17 @@ Checkpoints live under <out_dir>/ray_train/<label>. A fresh run clears them; a r
 (`kdist train --resume`, TrainSpec.resume) keeps them, and Ray Train hands the latest to the
 workers. Within one run, FailureConfig(max_failures) restarts a lost worker group from the
 latest checkpoint.
+
+Beside the checkpoints, <out_dir>/ray_train/<label>.run.json records the settings a checkpoint
+cannot outlive (run_identity): a resumed run whose settings differ is refused, naming them,
+instead of loading LoRA weights of another shape or mixing two students' runs.
+
+Everything checked here is checked before any worker starts, and fails in one line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -20,6 +27,7 @@ from kdist.train.loop import TrainSpec, spec_to_dict, train_loop_per_worker
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_KEPT = 2
+RUN_FILE_SUFFIX = ".run.json"
 
 
 def run_training(spec: TrainSpec) -> dict[str, Any]:
@@ -28,15 +36,20 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     section = spec.section()
+    check_chat_template(spec)
     check_vocabularies(spec)
     check_enough_rows(spec)
     out = Path(spec.out_dir).resolve()
     storage = out / "ray_train"
-    if not spec.resume:
+    if spec.resume:
+        check_resume_compatible(spec, storage)
+    else:
         shutil.rmtree(storage / spec.label, ignore_errors=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        shutil.rmtree(out / "memory", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    write_run_identity(spec, storage)
     (out / "train_result.json").unlink(missing_ok=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -91,3 +104,93 @@ def check_vocabularies(spec: TrainSpec) -> None:
         AutoConfig.from_pretrained(spec.teacher_model_dir).vocab_size,
         AutoConfig.from_pretrained(spec.model_dir).vocab_size,
     )
+
+
+def check_chat_template(spec: TrainSpec) -> None:
+    """Before any worker starts: the student's prompts are built with its chat template, which
+    many base checkpoints lack (each worker would fail with a traceback); student.chat_template
+    supplies one. Renders one message so that a broken template fails here too."""
+    if not Path(spec.model_dir).is_dir():  # a hub id: its tokenizer is fetched by the workers
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_dir)
+    if spec.chat_template:
+        tokenizer.chat_template = spec.chat_template
+    elif not tokenizer.chat_template:
+        raise UsageError(f"student.model {spec.model_dir} has no chat template (a base "
+                         "model?): set student.chat_template in the config (a Jinja template)")
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                      add_generation_prompt=True)
+    except Exception as err:  # jinja2 raises several types; all mean the same to the user
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"student chat template of {spec.model_dir} does not render: {first}")
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+def run_identity(spec: TrainSpec) -> dict[str, Any]:
+    """The settings a checkpoint belongs to. Others (learning rate, max_steps, eval_every...)
+    may change on resume. num_workers and zero_stage are here because DeepSpeed's optimizer
+    shards are per rank and per stage."""
+    section = spec.section()
+    identity: dict[str, Any] = {
+        "student.model": _model_ref(spec.model_dir),
+        "student.config": _config_digest(spec.model_dir),
+        "train.method": section.method,
+        "train.max_seq_len": section.max_seq_len,
+        "train.precision": section.precision,
+        "train.kd.mode": section.kd.mode,
+        "train.kd.teacher_logits": section.kd.teacher_logits,
+        "train.num_workers": section.num_workers,
+        "train.zero_stage": section.zero_stage,
+    }
+    if section.method == "lora":
+        lora = section.lora
+        identity.update({"train.lora.r": lora.r, "train.lora.alpha": lora.alpha,
+                         "train.lora.target_modules": lora.target_modules,
+                         "train.lora.modules_to_save": sorted(lora.modules_to_save)})
+    if section.kd.mode == "logit" and section.kd.teacher_logits == "online":
+        identity["teacher.model"] = _model_ref(spec.teacher_model_dir)
+    return identity
+
+
+def _model_ref(model: str | None) -> str | None:
+    return str(Path(model).resolve()) if model and Path(model).is_dir() else model
+
+
+def _config_digest(model_dir: str) -> str | None:
+    """sha256 of config.json: another architecture rebuilt at the same path is another model."""
+    path = Path(model_dir) / "config.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def run_file(spec: TrainSpec, storage: Path) -> Path:
+    return storage / f"{spec.label}{RUN_FILE_SUFFIX}"
+
+
+def write_run_identity(spec: TrainSpec, storage: Path) -> None:
+    from kdist import io
+
+    storage.mkdir(parents=True, exist_ok=True)
+    io.write_json(run_file(spec, storage), run_identity(spec))
+
+
+def check_resume_compatible(spec: TrainSpec, storage: Path) -> None:
+    """`--resume`: refuse checkpoints written under settings that differ (one line)."""
+    path = run_file(spec, storage)
+    if not path.is_file():  # nothing to resume, or a run from before this file existed
+        if (storage / spec.label).is_dir():
+            log.warning("%s: no %s beside the checkpoints; resuming unchecked", spec.label,
+                        path.name)
+        return
+    stored, current = json.loads(path.read_text()), run_identity(spec)
+    changed = [f"{key} ({stored.get(key)!r} -> {current.get(key)!r})"
+               for key in sorted(stored.keys() | current.keys())
+               if stored.get(key) != current.get(key)]
+    if changed:
+        raise UsageError(f"--resume: the checkpoints under {storage / spec.label} were written "
+                         f"under other settings: {'; '.join(changed)}; restore them, or train "
+                         "without --resume to start over")
