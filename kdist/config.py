@@ -167,6 +167,9 @@ class StudentSection(Section):
     # A local HF model dir or hub id; with `build`, a tiny model is built there offline.
     model: str
     build: ModelBuildSection | None = None
+    # A Jinja chat template for a student whose tokenizer has none (many base checkpoints);
+    # when set it replaces the tokenizer's own and is saved with the trained model.
+    chat_template: str | None = None
 
 
 class LoraSection(Section):
