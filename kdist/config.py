@@ -319,6 +319,9 @@ class ClusterSection(Section):
     namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     image: str = "ghcr.io/kdist/kdist:0.1.0"
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    # Existing registry Secrets (kubernetes.io/dockerconfigjson) for an image in a private
+    # registry: every pod of the job (head, workers, submitter) pulls with them.
+    image_pull_secrets: list[str] = Field(default_factory=list)
     service_account: str = "kdist"
     head: PodGroupSection = Field(
         default_factory=lambda: PodGroupSection(resources=ResourcesSection(cpu="4", memory="16Gi"))
@@ -334,6 +337,15 @@ class ClusterSection(Section):
     ttl_seconds_after_finished: int = Field(default=3600, ge=0)
     active_deadline_seconds: int = Field(default=86400, ge=1)
     backoff_limit: int = Field(default=0, ge=0)
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, names: list[str]) -> list[str]:
+        # Caught here, not as a pod the API server rejects after the RayJob was created.
+        for name in names:
+            if len(name) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name):
+                raise ValueError(f"'{name}' is not a Secret name (lowercase a-z, 0-9, '-', '.')")
+        return names
 
 
 class RunConfig(Section):

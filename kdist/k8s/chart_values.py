@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdist.config import PodGroupSection
-from kdist.k8s.rayjob import RAY_VERSION
+from kdist.k8s.rayjob import RAY_VERSION, SUBMITTER_RESOURCES
 from kdist.k8s.shipped_config import ShippedConfig
 
 
@@ -22,6 +22,7 @@ def chart_values(run: ShippedConfig, stage: str = "run") -> dict[str, Any]:
     return {
         "stage": stage,
         "image": {"repository": repository, "tag": tag, "pullPolicy": cluster.image_pull_policy},
+        "imagePullSecrets": [{"name": secret} for secret in cluster.image_pull_secrets],
         "rayVersion": RAY_VERSION,
         # The config names an existing account; the chart creates none then.
         "serviceAccount": {"create": False, "name": cluster.service_account},
@@ -32,6 +33,7 @@ def chart_values(run: ShippedConfig, stage: str = "run") -> dict[str, Any]:
             "minReplicas": workers.min_replicas,
             "maxReplicas": workers.max_replicas,
         },
+        "submitter": {"resources": SUBMITTER_RESOURCES},
         "autoscaling": {"enabled": cluster.autoscaling, "idleTimeoutSeconds": 60},
         "job": {
             "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,

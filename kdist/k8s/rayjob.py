@@ -26,6 +26,14 @@ OUTPUTS_DIR = "/outputs"
 # Non-root uid/gid of the image's user (Dockerfile), also the owner of mounted volumes.
 RUN_AS = 1000
 STAGES = ("run", "prepare", "generate", "judge", "filter", "train", "evaluate", "demo")
+# KubeRay's name for the submitter container (the first container of the submitter pod).
+SUBMITTER_CONTAINER = "ray-job-submitter"
+# The submitter runs `ray job submit` and then `ray job logs --follow`: one small Python
+# process, idle but for the log stream. KubeRay's own default asks 500m/200Mi, limits 1/1Gi.
+SUBMITTER_RESOURCES = {
+    "requests": {"cpu": "200m", "memory": "512Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
 # KubeRay derives RayCluster and Service names from the RayJob's; it refuses longer names.
 MAX_NAME_LENGTH = 47
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -99,6 +107,9 @@ def build_rayjob(config: RunConfig, name: str, stage: str = "run") -> dict[str, 
         "backoffLimit": cluster.backoff_limit,
         "submissionMode": "K8sJobMode",
         "rayClusterSpec": ray_cluster_spec(cluster, name),
+        # Ours, not KubeRay's bare default (no security context, no pull secrets): a namespace
+        # enforcing the restricted profile rejects that one, a private registry cannot serve it.
+        "submitterPodTemplate": submitter_pod_template(cluster, name),
     }
     return {
         "apiVersion": API_VERSION,
@@ -144,6 +155,8 @@ def pod_template(
         "automountServiceAccountToken": cluster.autoscaling and component == "ray-head",
         "securityContext": pod_security_context(),
     }
+    if cluster.image_pull_secrets:
+        pod["imagePullSecrets"] = image_pull_secrets(cluster)
     if group.node_selector:
         pod["nodeSelector"] = dict(group.node_selector)
     if group.tolerations:
@@ -164,6 +177,40 @@ def pod_template(
     pod["volumes"] = volumes(cluster, name)
     labels = {**selector_labels(name), "app.kubernetes.io/component": component}
     return {"metadata": {"labels": labels}, "spec": pod}
+
+
+def submitter_pod_template(cluster: ClusterSection, name: str) -> dict[str, Any]:
+    """KubeRay's submitter pod (a Job of the RayJob's name): restricted like the Ray pods.
+
+    No command: KubeRay fills in `ray job submit` and `ray job logs --follow`, which is what
+    `kdist logs` reads from this pod.
+    """
+    pod: dict[str, Any] = {
+        "serviceAccountName": cluster.service_account,
+        # It talks to the Ray dashboard only, never to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        # Retries are the Job's (a new pod each), as with KubeRay's default template.
+        "restartPolicy": "Never",
+        "securityContext": pod_security_context(),
+    }
+    if cluster.image_pull_secrets:
+        pod["imagePullSecrets"] = image_pull_secrets(cluster)
+    pod["containers"] = [
+        {
+            "name": SUBMITTER_CONTAINER,
+            # The head's image: the Ray CLI must match the cluster's Ray.
+            "image": cluster.image,
+            "imagePullPolicy": cluster.image_pull_policy,
+            "resources": {key: dict(value) for key, value in SUBMITTER_RESOURCES.items()},
+            "securityContext": container_security_context(),
+        }
+    ]
+    labels = {**object_labels(name), "app.kubernetes.io/component": "ray-submitter"}
+    return {"metadata": {"labels": labels}, "spec": pod}
+
+
+def image_pull_secrets(cluster: ClusterSection) -> list[dict[str, str]]:
+    return [{"name": secret} for secret in cluster.image_pull_secrets]
 
 
 def resources(section: ResourcesSection) -> dict[str, Any]:

@@ -91,6 +91,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
         "secrets": {"existingSecret": "llm-api-keys"},
     },
+    "private registry": {
+        "image": {"repository": "registry.corp.example:5000/ml/kdist", "tag": "1.2"},
+        "imagePullSecrets": [{"name": "corp-registry"}, {"name": "corp-mirror"}],
+        "llmServer": {"enabled": True, "model": "/cache/models/judge-8b"},
+    },
     "autoscaling": {
         "autoscaling": {"enabled": True, "idleTimeoutSeconds": 120},
         "worker": {"replicas": 0, "minReplicas": 0, "maxReplicas": 8},
@@ -208,10 +213,52 @@ def test_eight_gpus_are_requested_and_limited(chart):
     assert "tolerations" not in head
 
 
+def test_private_registry_reaches_every_pod_and_the_submitter_is_ours(chart):
+    found = objects(chart, SCENARIOS["private registry"])
+    rayjob = one(found, "RayJob")
+    pods = dict(pod_templates(rayjob))
+    pods["llm server"] = one(found, "Deployment")["spec"]["template"]
+    assert set(pods) == {"head", "worker group workers", "submitter", "llm server"}
+    image = "registry.corp.example:5000/ml/kdist:1.2"
+    for where, template in pods.items():
+        spec = template["spec"]
+        assert spec["imagePullSecrets"] == [{"name": "corp-registry"}, {"name": "corp-mirror"}]
+        assert spec["containers"][0]["image"] == image, where
+    submitter = pods["submitter"]
+    assert submitter["metadata"]["labels"] == {
+        **rayjob["metadata"]["labels"],
+        "app.kubernetes.io/component": "ray-submitter",
+    }
+    spec = submitter["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["restartPolicy"] == "Never"
+    (container,) = spec["containers"]
+    # KubeRay takes the first container as the submitter and fills in its command.
+    assert container["name"] == "ray-job-submitter" and "command" not in container
+    assert container["resources"] == {
+        "requests": {"cpu": "200m", "memory": "512Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    assert restricted_profile_errors(rayjob) == []
+    # Without pull secrets in the values, no pod names any.
+    default = one(objects(chart, {}), "RayJob")
+    assert all("imagePullSecrets" not in t["spec"] for _, t in pod_templates(default))
+
+
+def test_restricted_checks_reject_kuberays_default_submitter(chart):
+    """The check can fail: a RayJob that leaves the submitter to KubeRay's default."""
+    rayjob = one(objects(chart, {}), "RayJob")
+    del rayjob["spec"]["submitterPodTemplate"]
+    errors = restricted_profile_errors(rayjob)
+    assert "submitter: service account token mounted" in errors
+    assert "submitter: seccompProfile is not RuntimeDefault" in errors
+    assert "submitter container ray-job-submitter: privilege escalation allowed" in errors
+
+
 def secret_refs(rayjob: dict[str, Any]) -> dict[str, tuple[str, str]]:
     refs = {}
     for _, template in pod_templates(rayjob):
-        for var in template["spec"]["containers"][0]["env"]:
+        for var in template["spec"]["containers"][0].get("env", []):
             if "valueFrom" in var:
                 ref = var["valueFrom"]["secretKeyRef"]
                 refs[var["name"]] = (ref["name"], ref["key"])
@@ -303,7 +350,9 @@ def test_configmap_holds_the_run_config_mounted_in_every_pod(chart, tmp_path):
     with_config = {"config": {"teacher": {"model": "t"}, "student": {"model": "s"}}}
     mine = one(objects(chart, with_config), "ConfigMap")["data"]["config.yaml"]
     assert validate_config(yaml.safe_load(mine)).teacher.model == "t"
-    for _, template in pod_templates(one(found, "RayJob")):
+    ray_pods = [t for where, t in pod_templates(one(found, "RayJob")) if where != "submitter"]
+    assert len(ray_pods) == 2  # the submitter runs `ray job submit` only: no config, no PVCs
+    for template in ray_pods:
         volumes = {v["name"]: v for v in template["spec"]["volumes"]}
         assert volumes["config"]["configMap"]["name"] == configmap["metadata"]["name"]
         mounts = {m["name"]: m for m in template["spec"]["containers"][0]["volumeMounts"]}
@@ -350,7 +399,9 @@ def test_bad_values_are_rejected(chart, case):
     assert named in str(raised.value)
 
 
-@pytest.mark.parametrize("scenario", ["defaults", "8 gpus per worker", "llm server on"])
+@pytest.mark.parametrize(
+    "scenario", ["defaults", "8 gpus per worker", "llm server on", "private registry"]
+)
 def test_helm_lint_strict_is_clean(scenario):
     report = helm_python.lint(
         str(CHART), copy.deepcopy(SCENARIOS[scenario]), strict=True, kube_version="v1.32.0"
@@ -374,6 +425,7 @@ CONFIGS = {
                 "node_selector": {"pool": "h100"},
                 "tolerations": [GPU_TOLERATION],
             },
+            "image_pull_secrets": ["registry-local", "mirror"],
             "autoscaling": True,
             "secret_env": [{"env": "AZURE_API_KEY", "secret_name": "keys", "key": "azure"}],
             "cache_pvc": None,
@@ -391,6 +443,11 @@ def test_chart_renders_the_same_rayjob_as_kdist_submit(chart, case, stage):
     built = build_rayjob(config, name, stage)
     rendered = render(chart, chart_values(shipped(config), stage), name=name)
     from_chart = documents(rendered["kdist/templates/rayjob.yaml"])[0]
+    # The submitter carries its RayJob's labels, which differ (Helm's or kdist's own).
+    for rayjob in (from_chart, built):
+        labels = rayjob["spec"]["submitterPodTemplate"]["metadata"].pop("labels")
+        component = {"app.kubernetes.io/component": "ray-submitter"}
+        assert labels == {**rayjob["metadata"]["labels"], **component}
     assert from_chart["spec"] == built["spec"]
     configmap = documents(rendered["kdist/templates/configmap.yaml"])[0]
     expected = build_configmap(shipped(config), name)

@@ -19,7 +19,7 @@ from kdist.k8s.api import KubeError, explained
 from kdist.k8s.rayjob import build_rayjob
 from support import kuberay_schema
 from support.fake_kube import CONFIGMAPS, RAYJOBS, FakeKube
-from support.manifests import core_errors
+from support.manifests import core_errors, pod_templates, restricted_profile_errors
 
 NAMESPACE = "ml-team"
 NAME = "tiny-distil"
@@ -275,6 +275,42 @@ def test_dry_run_and_chart_values_need_no_cluster(capsys, config_path, monkeypat
     code, out, _ = kdist(capsys, "submit", "-c", str(config_path), "--print-values")
     values = yaml.safe_load(out)
     assert values["worker"]["resources"]["gpu"] == 8
+
+
+def test_dry_run_renders_a_restricted_submitter_and_pull_secrets_for_every_pod(
+    capsys, config_path
+):
+    code, out, err = kdist(capsys, "submit", "-c", str(config_path), "--dry-run",
+                           "cluster.image=registry.corp.example:5000/ml/kdist:1.2",
+                           "cluster.image_pull_secrets=[corp-registry, corp-mirror]")
+    assert code == 0, err
+    _, rayjob = yaml.safe_load_all(out)
+    pods = dict(pod_templates(rayjob))
+    assert set(pods) == {"head", "worker group workers", "submitter"}
+    for where, template in pods.items():
+        spec = template["spec"]
+        assert spec["imagePullSecrets"] == [{"name": "corp-registry"}, {"name": "corp-mirror"}]
+        assert spec["containers"][0]["image"] == "registry.corp.example:5000/ml/kdist:1.2", where
+    submitter = pods["submitter"]
+    component = {"app.kubernetes.io/component": "ray-submitter"}
+    assert submitter["metadata"]["labels"] == {**rayjob["metadata"]["labels"], **component}
+    assert submitter["spec"]["automountServiceAccountToken"] is False
+    limits = submitter["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cpu": "1", "memory": "1Gi"}
+    assert restricted_profile_errors(rayjob) == []
+    assert core_errors(rayjob) == []
+    assert kuberay_schema.rayjob_errors(rayjob) == []
+    # Without the setting, no pod names a pull secret.
+    _, plain = yaml.safe_load_all(kdist(capsys, "submit", "-c", str(config_path), "--dry-run")[1])
+    assert all("imagePullSecrets" not in t["spec"] for _, t in pod_templates(plain))
+
+
+def test_a_bad_pull_secret_name_is_a_one_line_usage_error(capsys, config_path):
+    code, out, err = kdist(capsys, "submit", "-c", str(config_path), "--dry-run",
+                           "cluster.image_pull_secrets=[Corp_Registry]")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "'cluster.image_pull_secrets'" in err
+    assert "'Corp_Registry' is not a Secret name" in err
 
 
 def test_a_demo_config_runs_the_demo_stage_by_default(capsys):

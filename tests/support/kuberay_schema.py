@@ -2,10 +2,11 @@
 
 The CRDs are test data outside the project (../shared/kuberay/, or $KDIST_KUBERAY_CRDS); they
 are read, never copied, and required: without them a test that checks a RayJob fails with a
-line that says where to put them (a check that passes in silence would prove nothing). A plain JSON-schema check of the CRD's openAPIV3Schema is adjusted to
-what the API server does: `metadata` is a plain object, required fields that have a default
-are filled in before validation, and unknown fields are rejected (strict field validation)
-where the schema does not preserve them. `operator_errors` adds rules a schema cannot express.
+line that says where to put them (a check that passes in silence would prove nothing).
+A plain JSON-schema check of the CRD's openAPIV3Schema is adjusted to what the API server
+does: `metadata` is a plain object, required fields that have a default are filled in before
+validation, and unknown fields are rejected (strict field validation) where the schema does
+not preserve them. `operator_errors` adds rules a schema cannot express.
 """
 
 from __future__ import annotations

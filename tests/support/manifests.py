@@ -8,6 +8,14 @@ from typing import Any
 import yaml
 
 KUBE_VERSION = "1.32.0"
+# What KubeRay submits without a submitterPodTemplate (common/job.go, v1.7.0): the head's image
+# and pull secrets, nothing else.
+KUBERAY_DEFAULT_SUBMITTER = {
+    "spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "ray-job-submitter", "image": "the head's"}],
+    }
+}
 
 
 def documents(text: str) -> list[dict[str, Any]]:
@@ -15,12 +23,15 @@ def documents(text: str) -> list[dict[str, Any]]:
 
 
 def pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, pod template) for every pod an object makes: Ray head/workers, Deployments."""
+    """(where, pod template) for every pod an object makes: Ray head/workers, the RayJob's
+    submitter, Deployments. A RayJob without its own submitter template fails the checks:
+    KubeRay's default is a bare container (no security context, no pull secrets)."""
     if obj["kind"] == "RayJob":
         cluster = obj["spec"]["rayClusterSpec"]
         yield "head", cluster["headGroupSpec"]["template"]
         for group in cluster.get("workerGroupSpecs", []):
             yield f"worker group {group['groupName']}", group["template"]
+        yield "submitter", obj["spec"].get("submitterPodTemplate", KUBERAY_DEFAULT_SUBMITTER)
     elif obj["kind"] in ("Deployment", "StatefulSet", "Job"):
         yield obj["kind"], obj["spec"]["template"]
 

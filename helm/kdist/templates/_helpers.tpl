@@ -170,6 +170,36 @@ spec:
     {{- end }}
 {{- end -}}
 
+{{/*
+Pod template of KubeRay's submitter (a Job named after the RayJob): restricted like the Ray
+pods, the image and its pull secrets, no API token. No command: KubeRay fills in `ray job
+submit` and `ray job logs --follow` (what `kdist logs` reads).
+*/}}
+{{- define "kdist.submitterPodTemplate" -}}
+metadata:
+  labels:
+    {{- include "kdist.labels" . | nindent 4 }}
+    app.kubernetes.io/component: ray-submitter
+spec:
+  serviceAccountName: {{ include "kdist.serviceAccountName" . }}
+  automountServiceAccountToken: false
+  restartPolicy: Never
+  securityContext:
+    {{- include "kdist.podSecurityContext" . | nindent 4 }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: ray-job-submitter
+      image: {{ include "kdist.image" . }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      resources:
+        {{- toYaml .Values.submitter.resources | nindent 8 }}
+      securityContext:
+        {{- include "kdist.containerSecurityContext" . | nindent 8 }}
+{{- end -}}
+
 {{/* Checks that values.schema.json cannot express. */}}
 {{- define "kdist.checks" -}}
 {{- $w := .Values.worker -}}
