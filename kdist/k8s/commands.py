@@ -1,4 +1,4 @@
-"""`kdist submit`, `kdist status`, `kdist cancel`: a run as a KubeRay RayJob on Kubernetes."""
+"""`kdist submit`, `status`, `logs`, `cancel`: a run as a KubeRay RayJob on Kubernetes."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what the job runs (default: demo for a demo config, else run)",
     )
     submit.add_argument("--namespace", "-n", help="overrides cluster.namespace")
-    submit.add_argument("--no-wait", action="store_true", help="create it and return")
+    waiting = submit.add_mutually_exclusive_group()
+    waiting.add_argument("--no-wait", action="store_true", help="create it and return")
+    waiting.add_argument(
+        "--follow", "-f", action="store_true", help="stream the job's driver log until it ends"
+    )
     submit.add_argument("--timeout", type=float, help="stop following after SECONDS")
     submit.add_argument(
         "--dry-run", action="store_true", help="print the objects as YAML, contact nothing"
@@ -56,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--namespace", "-n", help="default: the kubeconfig context's")
         _add_connection_args(parser)
         parser.set_defaults(handler=handler)
+
+    logs = subparsers.add_parser(
+        "logs",
+        help="print a RayJob's driver log (from its submitter pod)",
+        description="Print the driver log of a RayJob: the log of KubeRay's submitter pod,"
+        " which runs `ray job logs --follow`. With --follow, stream it until the job ends.",
+    )
+    logs.add_argument("name", help="RayJob name")
+    logs.add_argument("--namespace", "-n", help="default: the kubeconfig context's")
+    logs.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+    _add_connection_args(logs)
+    logs.set_defaults(handler=_logs)
 
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +117,7 @@ _BlockDumper.add_representer(
 
 
 def _submit_and_follow(args: argparse.Namespace, run: ShippedConfig, name: str) -> int:
-    from kdist.k8s import jobs
+    from kdist.k8s import jobs, logs
     from kdist.k8s.api import connect
 
     config = run.config
@@ -113,22 +129,27 @@ def _submit_and_follow(args: argparse.Namespace, run: ShippedConfig, name: str) 
         if args.no_wait:
             print(f"follow it: kdist status {name} --namespace {namespace}")
             return 0
+        on_status = _status_line(name, sys.stdout)
         try:
-            outcome = jobs.follow(
-                api,
-                name,
-                namespace,
-                since=created["metadata"]["resourceVersion"],
-                timeout=args.timeout,
-                on_change=lambda line: print(f"{time.strftime('%X')} {name}: {line}", flush=True),
-            )
+            if args.follow:  # the driver log as it is written, status changes between
+                outcome = logs.follow(api, name, namespace, _print_line, on_status, args.timeout)
+            else:
+                outcome = jobs.follow(
+                    api,
+                    name,
+                    namespace,
+                    since=created["metadata"]["resourceVersion"],
+                    timeout=args.timeout,
+                    on_change=on_status,
+                )
         except KeyboardInterrupt:
             print(f"\nstopped following; the job goes on: kdist status {name} -n {namespace}")
             return INTERRUPTED
         if not outcome.finished:
             print(f"still running after {args.timeout:g} s: kdist status {name} -n {namespace}")
             return FAILED
-        _print_logs(api, name, namespace)
+        if not args.follow:
+            _print_logs(api, name, namespace)
         if outcome.succeeded:
             print(f"succeeded; outputs: {jobs.where_outputs_land(config, name)}")
             return 0
@@ -137,16 +158,56 @@ def _submit_and_follow(args: argparse.Namespace, run: ShippedConfig, name: str) 
 
 
 def _print_logs(api, name: str, namespace: str) -> None:
-    from kdist.k8s import jobs
+    from kdist.k8s import logs
     from kdist.k8s.api import KubeError
 
     try:
-        logs = jobs.submitter_logs(api, name, namespace)
+        text = logs.tail(api, name, namespace)
     except KubeError as err:
         print(f"kdist: {err}", file=sys.stderr)
         return
-    if logs:
-        print(f"--- last lines of the job's output ---\n{logs.rstrip()}\n---")
+    if text:
+        print(f"--- last lines of the job's output ---\n{text.rstrip()}\n---")
+
+
+def _status_line(name: str, stream):
+    return lambda line: print(f"{time.strftime('%X')} {name}: {line}", file=stream, flush=True)
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from kdist.k8s import jobs, logs
+    from kdist.k8s.api import connect, default_namespace
+
+    try:
+        check_name(args.name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+    def show() -> int:
+        namespace = args.namespace or default_namespace(args.kubeconfig, args.context)
+        with connect(args.kubeconfig, args.context) as api:
+            if not args.follow:
+                print(logs.read(api, args.name, namespace), end="")
+                return 0
+            # Status lines go to stderr: stdout is the driver log alone (`> driver.log`).
+            on_status = _status_line(args.name, sys.stderr)
+            try:
+                outcome = logs.follow(api, args.name, namespace, _print_line, on_status)
+            except KeyboardInterrupt:
+                print(f"\nstopped following; the job goes on: kdist status {args.name}"
+                      f" -n {namespace}", file=sys.stderr)
+                return INTERRUPTED
+        if outcome.succeeded:
+            return 0
+        print(f"kdist: RayJob {namespace}/{args.name} did not succeed:"
+              f" {jobs.describe(outcome.status)}", file=sys.stderr)
+        return FAILED
+
+    return _guarded(show)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
 
 from kdist.config import RunConfig
 from kdist.k8s.api import KubeError, explained
@@ -155,23 +154,6 @@ def describe(status: dict[str, Any]) -> str:
     if status.get("message"):
         line += f": {status['message']}"
     return line
-
-
-def submitter_logs(api: client.ApiClient, name: str, namespace: str, tail: int = 40) -> str:
-    """The last lines of the job's driver output, from KubeRay's submitter pod (K8sJobMode
-    runs `ray job submit` in a Kubernetes Job of the RayJob's name, which tails the logs)."""
-    core = client.CoreV1Api(api)
-    try:
-        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
-        if not pods:
-            return ""
-        newest = max(pods, key=lambda pod: pod.metadata.creation_timestamp or 0)
-        return core.read_namespaced_pod_log(newest.metadata.name, namespace, tail_lines=tail)
-    except ApiException as err:
-        raise KubeError(
-            f"logs not reachable (HTTP {err.status}); try `kubectl logs -n {namespace}"
-            f" job/{name}`"
-        ) from None
 
 
 def where_outputs_land(config: RunConfig, name: str) -> str:
