@@ -365,6 +365,7 @@ def test_configmap_holds_the_run_config_mounted_in_every_pod(chart, tmp_path):
 def test_notes_tell_how_to_follow_the_job(chart):
     notes = render(chart, {})["kdist/templates/NOTES.txt"]
     assert f"kdist status {RELEASE} --namespace {NAMESPACE}" in notes
+    assert f"kdist logs {RELEASE} --namespace {NAMESPACE} --follow" in notes
     assert f"kubectl get rayjob {RELEASE} -n {NAMESPACE} -w" in notes
     assert f"/outputs/{RELEASE} on PVC {RELEASE}-outputs" in notes
 
