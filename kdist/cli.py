@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 
 from kdist.config import ConfigError, RunConfig, load_config
-from kdist.errors import StageFailed, UsageError
+from kdist.errors import StageFailed, UsageError, one_line_cause
+from kdist.stages import STAGE_NAMES, STAGES
 
 USAGE_ERROR = 2
 
@@ -46,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     from kdist import pipeline
 
     config = config_from_args(args)
-    return pipeline.run_stages(config, pipeline.STAGES, resume=args.resume)
+    return pipeline.run_stages(config, STAGE_NAMES, resume=args.resume)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -66,16 +67,6 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run_demo(args.config, args.overrides, resume=args.resume)
 
 
-STAGE_HELP = {
-    "prepare": "build chat prompts for the task -> prompts/",
-    "generate": "have the teacher answer every prompt -> responses/",
-    "judge": "score the teacher's answers -> judgements/",
-    "filter": "keep the good answers -> sft/train, sft/validation",
-    "train": "fine-tune the student on them with Ray Train + DeepSpeed -> student/",
-    "evaluate": "student vs base vs teacher on held-out data -> eval/",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdist", description="LLM knowledge distillation on Ray and Kubernetes."
@@ -88,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resume(run)
     run.set_defaults(handler=_run)
 
-    for stage, text in STAGE_HELP.items():
-        stage_parser = sub.add_parser(stage, help=text, description=text)
+    for stage in STAGES:
+        stage_parser = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         add_config_args(stage_parser)
         _add_resume(stage_parser)
-        stage_parser.set_defaults(handler=_stage_command(stage))
+        stage_parser.set_defaults(handler=_stage_command(stage.name))
 
     demo = sub.add_parser(
         "demo", help="offline end-to-end demo: train a teacher, distil a student, compare"
@@ -137,15 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.handler(args)
-    except ConfigError as err:
-        print(f"kdist: config error: {err}", file=sys.stderr)
-        return USAGE_ERROR
-    except UsageError as err:
-        print(f"kdist: {err}", file=sys.stderr)
-        return USAGE_ERROR
-    except StageFailed as err:
-        print(f"kdist: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        # Raised in a Ray worker, a UsageError arrives wrapped in Ray's errors (with the
+        # worker's traceback in the message): report the original, in its one line.
+        cause = one_line_cause(err, (ConfigError, UsageError, StageFailed))
+        if cause is None:
+            raise
+        prefix = "config error: " if isinstance(cause, ConfigError) else ""
+        print(f"kdist: {prefix}{str(cause).splitlines()[0]}", file=sys.stderr)
+        return 1 if isinstance(cause, StageFailed) else USAGE_ERROR
 
 
 if __name__ == "__main__":

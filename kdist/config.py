@@ -14,17 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from kdist.endpoints import ENDPOINT_KINDS, SamplingSection, Section, endpoint_union, kind_for_field, kind_of
 
 
 class ConfigError(ValueError):
     """A config problem, in one line that names the dotted path. The CLI exits 2 on it."""
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class RunSection(Section):
@@ -84,60 +80,16 @@ class DataSection(Section):
     system_prompt: str | None = None
 
 
-class SamplingSection(Section):
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=16, ge=1)
-    # Top-k logprobs per generated token, stored for logit-level KD (None: not requested).
-    top_logprobs: int | None = Field(default=None, ge=1, le=20)
+class TeacherRole(Section):
+    """What the teacher adds to its endpoint: which splits it answers, and how many must."""
 
-
-class PriceSection(Section):
-    """What the teacher charges, for the run summary's cost estimate."""
-
-    input_per_million_tokens: float = Field(ge=0.0)
-    output_per_million_tokens: float = Field(ge=0.0)
-    currency: str = "USD"
-
-
-class TeacherSection(Section):
-    # hf: local transformers; openai: any OpenAI-compatible API; azure: azure-ai-inference;
-    # vllm: vLLM engine inside the Ray cluster through ray.data.llm.
-    kind: Literal["hf", "openai", "azure", "vllm"] = "hf"
-    model: str = Field(description="local model dir, HF model id, or the deployment/model name")
-    endpoint: str | None = None
-    # Name of the environment variable that holds the API key; the key itself never goes here.
-    api_key_env: str | None = None
-    api_version: str | None = None
-    sampling: SamplingSection = Field(default_factory=SamplingSection)
-    concurrency: int = Field(default=8, ge=1, description="requests in flight per worker")
-    batch_size: int = Field(default=32, ge=1)
-    replicas: int = Field(default=1, ge=1, description="teacher workers (actors) in the cluster")
     # The held-out split is answered too: the evaluate stage compares the teacher on it.
     splits: list[str] = Field(default_factory=lambda: ["train", "validation", "test"])
     min_success_ratio: float = Field(default=0.95, ge=0.0, le=1.0)
-    # Remote endpoints (openai, azure): client-side budgets for the whole run (split across
-    # replicas), retries of transient failures, and the per-attempt timeout.
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
-    max_attempts: int = Field(default=6, ge=1)
-    timeout_s: float = Field(default=60.0, gt=0.0)
-    backoff_initial_s: float = Field(default=0.5, gt=0.0)
-    backoff_max_s: float = Field(default=30.0, gt=0.0)
-    # Extra request body fields passed through as is (OpenAI extra_body, Azure model_extras),
-    # e.g. {return_tokens_as_token_ids: true} for vLLM servers when storing top-k logprobs.
-    request_extras: dict[str, Any] = Field(default_factory=dict)
-    # vllm: GPUs per engine replica (replicas above sets how many engines run).
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    # vllm: extra vLLM engine arguments (max_model_len, enable_prefix_caching, dtype...).
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    prices: PriceSection | None = None
 
-    @model_validator(mode="after")
-    def _remote_needs_endpoint(self) -> TeacherSection:
-        if self.kind in ("openai", "azure") and not self.endpoint:
-            raise ValueError(f"endpoint is required when kind is '{self.kind}'")
-        return self
+
+# `teacher:` is an endpoint of any kind (kdist.endpoints) plus the teacher's own fields.
+TeacherSection = endpoint_union(TeacherRole, "Teacher")
 
 
 class JudgeSection(Section):
@@ -238,8 +190,14 @@ class TrainSection(Section):
 
 
 class EvaluateSection(Section):
+    """How the students (base and distilled) answer the held-out split."""
+
     split: str = "test"
+    # The endpoint kind the students are served with: transformers, or vLLM on the cluster.
+    kind: Literal["hf", "vllm"] = "hf"
     batch_size: int = Field(default=64, ge=1)
+    replicas: int = Field(default=1, ge=1)
+    sampling: SamplingSection = Field(default_factory=lambda: SamplingSection(max_tokens=16))
 
 
 class DemoSection(Section):
@@ -360,6 +318,14 @@ class RunConfig(Section):
     demo: DemoSection | None = None
     cluster: ClusterSection = Field(default_factory=ClusterSection)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_kind_defaults_to_hf(cls, raw: Any) -> Any:
+        # A teacher without `kind` is a local transformers model, as before endpoints had kinds.
+        if isinstance(raw, dict) and isinstance(raw.get("teacher"), dict):
+            raw = {**raw, "teacher": {"kind": "hf", **raw["teacher"]}}
+        return raw
+
 
 # --- loading, overrides, errors -------------------------------------------------------------
 
@@ -407,46 +373,65 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 def describe_first_error(err: ValidationError) -> str:
     """One line for the first validation error: dotted path, problem, what is allowed."""
     first = err.errors()[0]
-    loc = [str(part) for part in first["loc"] if not _is_union_tag(part)]
+    raw_loc = [str(part) for part in first["loc"]]
+    model, tag = _walk(raw_loc[:-1] if first["type"] == "extra_forbidden" else raw_loc)
+    loc = [part for part in raw_loc if part not in _union_tags()]
     dotted = ".".join(loc) or "<top level>"
     if first["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = sorted(model.model_fields) if model is not None else []
+        owners = [kind for kind in kind_for_field(loc[-1]) if kind != tag]
+        if tag and owners:
+            return (f"'{dotted}' is not a setting of kind '{tag}' (it belongs to kind "
+                    f"{', '.join(owners)}); allowed: {', '.join(allowed)}")
         hint = difflib.get_close_matches(loc[-1], allowed, n=1)
         did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
         return f"unknown key '{dotted}'{did_you_mean}; allowed: {', '.join(allowed)}"
     if first["type"] == "missing":
         return f"missing required key '{dotted}'"
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return f"'{dotted}.kind': {first['msg']}"
     got = first.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
     return f"'{dotted}': {first['msg']}{shown}"
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the discriminator value of a tagged union in the location, e.g.
-    # ('data', 'source', 'synthetic_mc', 'teacher_train'); it is not a key the user wrote.
-    return isinstance(part, str) and part in {"synthetic_mc", "jsonl", "parquet", "hf"}
+def _union_tags() -> set[str]:
+    """Every `kind` tag of a tagged union in the config: pydantic puts the tag in an error's
+    location, e.g. ('teacher', 'openai', 'concurency'); it is not a key the user wrote."""
+    sources = (SyntheticSource, FileSource, HFSource)
+    return {kind_of(model) for model in (*ENDPOINT_KINDS, *sources)}
 
 
-def _allowed_keys(parent: list[str]) -> list[str]:
+def _walk(loc: list[str]) -> tuple[type[Section] | None, str | None]:
+    """The section class at a raw error location (following union tags), and the last tag."""
     model: Any = RunConfig
-    for part in parent:
-        field = model.model_fields.get(part)
+    tag = None
+    for part in loc:
+        if part in _union_tags() and isinstance(model, list):
+            model = next((m for m in model if kind_of(m) == part), None)
+            tag = part
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
         if field is None:
-            return []
-        model = _section_type(field.annotation)
-        if model is None:
-            return []
-    return sorted(model.model_fields)
+            return None, tag
+        model = _section_types(field.annotation)
+    return (model if isinstance(model, type) else None), tag
 
 
-def _section_type(annotation: Any) -> type[Section] | None:
+def _section_types(annotation: Any) -> Any:
+    """A Section class, or the list of members of a union of sections."""
     if isinstance(annotation, type) and issubclass(annotation, Section):
         return annotation
+    members: list[type[Section]] = []
     for arg in getattr(annotation, "__args__", ()):
-        found = _section_type(arg)
-        if found is not None:
-            return found
-    return None
+        found = _section_types(arg)
+        if isinstance(found, list):
+            members.extend(found)
+        elif found is not None:
+            members.append(found)
+    if not members:
+        return None
+    return members[0] if len(members) == 1 else members
 
 
 # --- saving ------------------------------------------------------------------------------------

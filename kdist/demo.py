@@ -20,12 +20,12 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from kdist import io, pipeline
+from kdist import pipeline, storage
 from kdist.config import ConfigError, RunConfig, apply_override, validate_config
-from kdist.data.prepare import PROMPTS_FILE
 from kdist.data.synthetic import vocabulary_text
 from kdist.rows import PROMPT_SCHEMA, SFT_SCHEMA
 from kdist.runtime import output_dir, ray_session
+from kdist.stages import STAGE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ TEACHER_TRAIN_SPLIT = "teacher_train"
 def run_demo(config_path: str | None, overrides: list[str], resume: bool = False) -> int:
     started = time.monotonic()
     config = load_demo_config(config_path, overrides)
-    root = output_dir(config)
+    root = Path(output_dir(config))
     if resume and _finished_earlier(config):
         print("every step finished earlier with the same settings: nothing to redo", flush=True)
-        _print_summary(io.read_json(root / "metrics.json"), root)
+        _print_summary(storage.read_json(str(root / "metrics.json")), root)
         return 0
     with ray_session(config):
         pipeline.run_stages(config, ["prepare"], resume=resume)
@@ -53,23 +53,24 @@ def run_demo(config_path: str | None, overrides: list[str], resume: bool = False
                 flush=True,
             )
             return 1
-        pipeline.run_stages(config, pipeline.STAGES[1:], resume=resume)
+        pipeline.run_stages(config, STAGE_NAMES[1:], resume=resume)
     metrics = _write_metrics(config, root, teacher_accuracy, time.monotonic() - started)
     _print_summary(metrics, root)
     return 0
 
 
 def _finished_earlier(config: RunConfig) -> bool:
-    paths, fingerprints = pipeline.stage_paths(config), pipeline.stage_fingerprints(config)
+    dirs, fingerprints = pipeline.stage_dirs(config), pipeline.stage_fingerprints(config)
+    root = Path(output_dir(config))
     return (
-        io.is_done(output_dir(config) / "models", _models_fingerprint(config))
-        and all(io.is_done(paths[stage], fingerprints[stage]) for stage in pipeline.STAGES)
-        and (output_dir(config) / "metrics.json").exists()
+        storage.is_done(str(root / "models"), _models_fingerprint(config))
+        and all(storage.is_done(dirs[stage], fingerprints[stage]) for stage in STAGE_NAMES)
+        and (root / "metrics.json").exists()
     )
 
 
 def _models_fingerprint(config: RunConfig) -> str:
-    return io.fingerprint(config.data.model_dump(), config.demo.model_dump(),
+    return storage.fingerprint(config.data.model_dump(), config.demo.model_dump(),
                           config.student.model_dump(), config.run.seed)
 
 
@@ -109,14 +110,14 @@ def _prepare_models(config: RunConfig, resume: bool) -> float:
     from kdist.train.loop import TrainSpec
     from kdist.train.trainer import run_training
 
-    models = output_dir(config) / "models"
+    models = Path(output_dir(config)) / "models"
     fingerprint = _models_fingerprint(config)
-    if resume and io.is_done(models, fingerprint):
+    done = storage.done_summary(str(models), fingerprint) if resume else None
+    if done is not None:
         log.info("demo models: done earlier with the same settings, skipped (--resume)")
-        return io.read_json(models / io.SUCCESS_FILE)["summary"]["teacher_val_accuracy"]
-    io.clear_done(models)
-    prompts = io.read_table(pipeline.stage_paths(config)["prepare"] / PROMPTS_FILE,
-                            schema=PROMPT_SCHEMA).to_pylist()
+        return done["teacher_val_accuracy"]
+    storage.clear_done(str(models))
+    prompts = storage.read_table(pipeline.stage_dirs(config)["prepare"], schema=PROMPT_SCHEMA).to_pylist()
     tokenizer = modelkit.train_tokenizer(_tokenizer_corpus(prompts),
                                          config.demo.tokenizer_vocab_size, models / "tokenizer")
     modelkit.build_llama(config.demo.teacher_build, tokenizer, models / "teacher_init", config.run.seed)
@@ -124,7 +125,7 @@ def _prepare_models(config: RunConfig, resume: bool) -> float:
         raise ConfigError("the demo builds its student: set student.build (hidden_size, ...)")
     modelkit.build_llama(config.student.build, tokenizer, Path(config.student.model), config.run.seed + 1)
     for split in (TEACHER_TRAIN_SPLIT, "validation"):
-        io.write_table(models / f"labelled_{split}.parquet", _labelled_rows(prompts, split))
+        storage.write_table(str(models / f"labelled_{split}.parquet"), _labelled_rows(prompts, split))
     spec = TrainSpec(
         model_dir=str(models / "teacher_init"),
         train_path=str(models / f"labelled_{TEACHER_TRAIN_SPLIT}.parquet"),
@@ -135,7 +136,7 @@ def _prepare_models(config: RunConfig, resume: bool) -> float:
         label="teacher",
     )
     result = run_training(spec)
-    io.mark_done(models, fingerprint, {"teacher_val_accuracy": result["val_accuracy"]})
+    storage.mark_done(str(models), fingerprint, {"teacher_val_accuracy": result["val_accuracy"]})
     return result["val_accuracy"]
 
 
@@ -155,16 +156,16 @@ def _labelled_rows(prompts: list[dict[str, Any]], split: str) -> pa.Table:
 
 
 def _write_metrics(config: RunConfig, root: Path, teacher_val: float, seconds: float) -> dict:
-    evaluation = io.read_json(pipeline.stage_paths(config)["evaluate"] / "metrics.json")
+    evaluation = storage.read_json(storage.join(pipeline.stage_dirs(config)["evaluate"], "metrics.json"))
     metrics = {
         "accuracy": evaluation["accuracy"],
         "eval_split": evaluation["split"],
         "eval_rows": evaluation["rows"],
         "teacher_val_accuracy": teacher_val,
         "wall_seconds": round(seconds, 1),  # of this invocation (less when --resume skipped work)
-        "stage_seconds": io.read_json(root / "stage_seconds.json"),
+        "stage_seconds": storage.read_json(str(root / "stage_seconds.json")),
     }
-    io.write_json(root / "metrics.json", metrics)
+    storage.write_json(str(root / "metrics.json"), metrics)
     return metrics
 
 

@@ -12,11 +12,15 @@ import json
 import logging
 from typing import Any
 
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from kdist.responses_store import ShardStore, filesystem_for
+from kdist import storage
+from kdist.data.tasks import parse_answer
+from kdist.llm.store import ResponseStore
 
 log = logging.getLogger(__name__)
+
+CANDIDATE = "teacher"
 
 
 def chat_records(prompts: list[dict[str, Any]], responses: dict[str, dict[str, Any]], include_unparsable: bool) -> list[dict[str, Any]]:
@@ -26,49 +30,38 @@ def chat_records(prompts: list[dict[str, Any]], responses: dict[str, dict[str, A
         response = responses.get(prompt["id"])
         if response is None or response["error"] is not None:
             continue
-        if response["parse_status"] == "unparsable" and not include_unparsable:
+        if not include_unparsable and parse_answer(prompt["task"], prompt["meta"], response["response"]) is None:
             continue
         messages = [{"role": m["role"], "content": m["content"]} for m in prompt["messages"]]
         records.append({"messages": [*messages, {"role": "assistant", "content": response["response"] or ""}]})
     return records
 
 
-def export_chat_jsonl(prompts_uri: str, shards_uri: str, out_dir: str, splits: list[str], include_unparsable: bool = False) -> dict[str, int]:
-    fs, prompts_path = filesystem_for(prompts_uri)
-    prompts = pq.read_table(prompts_path, filesystem=fs, columns=["id", "messages", "split"]).to_pylist()
-    columns = ["id", "response", "error", "parse_status"]
-    responses = {row["id"]: row for _, table in ShardStore(shards_uri).read_columns(columns) for row in table.to_pylist()}
+def export_chat_jsonl(prompts_uri: str, responses_uri: str, out_dir: str, splits: list[str], include_unparsable: bool = False) -> dict[str, int]:
+    """One JSONL file per split; split by split, so only one split's rows are held at once."""
     counts = {}
+    store = ResponseStore(responses_uri)
     for split in splits:
-        records = chat_records([p for p in prompts if p["split"] == split], responses, include_unparsable)
-        _write_lines(f"{out_dir.rstrip('/')}/{split}.jsonl", records)
+        prompts = storage.read_table(prompts_uri, columns=["id", "task", "messages", "meta", "split"])
+        prompts = prompts.filter(pc.equal(prompts["split"], split))
+        answers = store.read_all(["id", "candidate", "response", "error"])
+        answers = answers.filter(pc.and_(pc.equal(answers["candidate"], CANDIDATE), pc.is_in(answers["id"], value_set=prompts["id"])))
+        records = chat_records(prompts.to_pylist(), {row["id"]: row for row in answers.to_pylist()}, include_unparsable)
+        storage.write_text(storage.join(out_dir, f"{split}.jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         counts[split] = len(records)
     return counts
 
 
-def _write_lines(uri: str, records: list[dict[str, Any]]) -> None:
-    fs, path = filesystem_for(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    temporary = f"{path}.tmp"
-    with fs.open_output_stream(temporary) as stream:
-        for record in records:
-            stream.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-    fs.move(temporary, path)
-
-
 def _export(args: argparse.Namespace) -> int:
     from kdist.cli import config_from_args
-    from kdist.data.prepare import PROMPTS_FILE
-    from kdist.generate import RESPONSES_FILE
-    from kdist.pipeline import stage_paths
+    from kdist.pipeline import stage_dirs
+    from kdist.runtime import output_dir
 
     config = config_from_args(args)
-    paths = stage_paths(config)
-    out_dir = args.out or str(paths["generate"].parent / "export")
+    dirs = stage_dirs(config)
+    out_dir = args.out or storage.join(output_dir(config), "export")
     splits = args.splits or config.teacher.splits
-    counts = export_chat_jsonl(
-        str(paths["prepare"] / PROMPTS_FILE), str(paths["generate"] / RESPONSES_FILE), out_dir, splits, args.include_unparsable
-    )
+    counts = export_chat_jsonl(dirs["prepare"], dirs["generate"], out_dir, splits, args.include_unparsable)
     for split, count in counts.items():
         print(f"{out_dir.rstrip('/')}/{split}.jsonl: {count} conversations")
     return 0

@@ -26,15 +26,17 @@ TOP_LOGPROBS = pa.list_(
     pa.struct([("token_ids", pa.list_(pa.int64())), ("logprobs", pa.list_(pa.float32()))])
 )
 
-# generate -> responses/
+# The batch-inference layer's output (kdist.llm): generate -> responses/, and every other
+# stage that asks a model (evaluate -> eval/answers/). Keyed by (id, candidate): one prompt
+# may have several answers (several models, several samples, two orders of a comparison).
+# Answers are stored as the model gave them; each caller parses them for its task.
 RESPONSE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("candidate", pa.string()),  # who answered, as the caller names it ("teacher", ...)
         ("request_hash", pa.string()),
-        ("teacher", pa.string()),
+        ("model", pa.string()),  # kind:model of the endpoint
         ("response", pa.string()),
-        ("answer", pa.string()),  # parsed for the task (e.g. one letter), null if unparsable
-        ("parse_status", pa.string()),  # ok | unparsable | error
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
@@ -45,10 +47,14 @@ RESPONSE_SCHEMA = pa.schema(
     ]
 )
 
-# judge -> judgements/
+# The rows handed to the batch-inference layer: what to ask, under which key.
+REQUEST_COLUMNS = ["id", "candidate", "messages"]
+
+# judge -> judgements/: one row per judged answer, keyed (id, candidate)
 JUDGEMENT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("candidate", pa.string()),
         ("judge", pa.string()),
         ("score", pa.float64()),
         ("rationale", pa.string()),

@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 from kdist.config import RunConfig
 
@@ -40,10 +39,20 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     return env
 
 
+def configure_ray_data() -> None:
+    """Ray Data settings of every kdist driver: an exception raised in a worker arrives as
+    itself (a row's UsageError stays a one-line UsageError), not as Ray Data's generic
+    UserCodeException that keeps only the text of the worker's traceback."""
+    import ray.data
+
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+
+
 @contextlib.contextmanager
 def ray_session(config: RunConfig, use_gpu: bool = False) -> Iterator[None]:
     import ray
 
+    configure_ray_data()
     if ray.is_initialized():
         yield
         return
@@ -107,16 +116,8 @@ def _local_ray(config: RunConfig, use_gpu: bool) -> Iterator[None]:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def output_dir(config: RunConfig) -> Path:
-    return Path(config.run.output_dir).resolve()
+def output_dir(config: RunConfig) -> str:
+    """The run's output location: an absolute local path, or a URI (s3://, gs://, ...)."""
+    from kdist.storage import absolute
 
-
-def stage_dir(config: RunConfig, stage: str) -> Path:
-    return output_dir(config) / stage
-
-
-def resolve_model(reference: str) -> str:
-    """A model reference that remote workers can use: local dirs become absolute (Ray Train
-    workers run in their own working dir), hub ids and URIs pass unchanged."""
-    path = Path(reference).expanduser()
-    return str(path.resolve()) if path.exists() else reference
+    return absolute(config.run.output_dir)

@@ -27,3 +27,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer = modelkit.train_tokenizer(synthetic.vocabulary_text() + questions, 600, out)
     modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=2, num_heads=4), tokenizer, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A private local Ray on 127.0.0.1 for the tests of one module (stages run on Ray Data).
+    Stages entered while it runs reuse it instead of starting their own."""
+    from kdist.config import validate_config
+    from kdist.runtime import ray_session
+
+    config = validate_config({"teacher": {"model": "t"}, "student": {"model": "s"},
+                              "runtime": {"num_cpus": 2, "log_to_driver": False}})
+    with ray_session(config):
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield

@@ -36,12 +36,17 @@ def make_question(rng: random.Random) -> MultipleChoice:
     return MultipleChoice(f"Which item is {article} {target}?", shuffled, answer)
 
 
+def question_at(seed: int, split: str, index: int) -> MultipleChoice:
+    """Row `index` of `split`: a function of (seed, split, index) alone, so any worker can
+    make any slice of the data and every run sees the same rows."""
+    return make_question(random.Random(f"{seed}-{split}-{index}"))
+
+
 def generate(split_sizes: dict[str, int], seed: int) -> Iterator[tuple[str, int, MultipleChoice]]:
-    """(split, index, question) for every split; each split has its own seeded stream."""
+    """(split, index, question) for every split, in order."""
     for split, size in split_sizes.items():
-        rng = random.Random(f"{seed}-{split}")
         for index in range(size):
-            yield split, index, make_question(rng)
+            yield split, index, question_at(seed, split, index)
 
 
 def vocabulary_text() -> list[str]:

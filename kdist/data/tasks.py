@@ -5,6 +5,7 @@ One task for now, multiple choice (CommonsenseQA-style: labelled choices, answer
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -45,3 +46,11 @@ def parse_choice(text: str | None, letters: str = LETTERS[:5]) -> str | None:
         if match and match.group(1).upper() in letters:
             return match.group(1).upper()
     return None
+
+
+def parse_answer(task: str | None, meta: str | None, text: str | None) -> str | None:
+    """The answer a model's text gives for the prompt's task, or None when it gives none."""
+    if task == "multiple_choice":
+        choices = json.loads(meta or "{}").get("choices", [])
+        return parse_choice(text, LETTERS[: len(choices) or 5])
+    return text.strip() if text and text.strip() else None

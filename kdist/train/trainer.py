@@ -76,9 +76,9 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
 def check_enough_rows(spec: TrainSpec) -> None:
     """Before any worker starts: fewer rows than one batch can never make an optimizer step
     (the judge's filter may have left fewer than the prompts). Reads the Parquet footer only."""
-    import pyarrow.parquet as pq
+    from kdist.storage import count_rows
 
-    rows = pq.ParquetFile(spec.train_path).metadata.num_rows
+    rows = count_rows(spec.train_path)
     batch_size = spec.section().batch_size
     if rows < batch_size:
         raise UsageError(f"{spec.train_path} has {rows} rows, fewer than train.batch_size "

@@ -1,37 +1,39 @@
-"""ray_jobs/: one thin entrypoint per stage, each the `kdist <stage>` command and nothing else."""
+"""ray_jobs/job.py: the one Ray job entrypoint, the `kdist <command>` CLI and nothing else."""
 
 from __future__ import annotations
 
-import ast
 import runpy
 import sys
 from pathlib import Path
 
 import pytest
 
-from kdist.k8s.rayjob import STAGES
+from kdist.stages import JOB_COMMANDS, STAGE_NAMES
 
-RAY_JOBS = Path(__file__).resolve().parents[2] / "ray_jobs"
-
-
-def test_every_stage_the_rayjob_can_run_has_an_entrypoint():
-    assert sorted(path.stem for path in RAY_JOBS.glob("*.py")) == sorted(STAGES)
+JOB = Path(__file__).resolve().parents[2] / "ray_jobs" / "job.py"
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_entrypoint_is_the_kdist_command(stage, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [f"ray_jobs/{stage}.py", "--help"])
+def _run(argv: list[str]) -> int:
+    sys.argv = ["ray_jobs/job.py", *argv]
     with pytest.raises(SystemExit) as exited:
-        runpy.run_path(str(RAY_JOBS / f"{stage}.py"), run_name="__main__")
-    assert exited.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: kdist {stage} ")
+        runpy.run_path(str(JOB), run_name="__main__")
+    return exited.value.code
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_entrypoint_holds_no_logic(stage):
-    tree = ast.parse((RAY_JOBS / f"{stage}.py").read_text())
-    kinds = [type(node).__name__ for node in tree.body]
-    assert kinds == ["Expr", "Import", "ImportFrom", "Expr", "ImportFrom", "If"]
-    main_block = tree.body[-1]
-    assert ast.unparse(main_block.test) == "__name__ == '__main__'"
-    assert ast.unparse(main_block.body[0]) == f"sys.exit(main(['{stage}', *sys.argv[1:]]))"
+def test_job_commands_are_the_registry_stages_plus_run_and_demo():
+    assert JOB_COMMANDS == ("run", *STAGE_NAMES, "demo")
+    assert [path.name for path in JOB.parent.glob("*.py")] == ["job.py"]
+
+
+@pytest.mark.parametrize("command", JOB_COMMANDS)
+def test_each_command_is_the_kdist_command(command, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    assert _run([command, "--help"]) == 0
+    assert capsys.readouterr().out.startswith(f"usage: kdist {command} ")
+
+
+@pytest.mark.parametrize("argv", [[], ["pretrain", "--config", "x.yaml"]])
+def test_an_unknown_command_is_a_usage_error(argv, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    assert _run(argv) == 2
+    assert "usage: ray_jobs/job.py {run,prepare,generate," in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""The one small interface every teacher backend implements: chat requests in, responses out.
+"""The one small interface every model backend implements: chat requests in, responses out.
 
-A backend never raises for a single row: a row that fails comes back as a TeacherResponse with
+A backend never raises for a single row: a row that fails comes back as a ModelResponse with
 `error` set (the reason), `status` (HTTP status when there was one) and `attempts`, so one bad
 row or one 429 never kills a long run. Exceptions are for the whole backend being unusable
 (bad endpoint config, missing key, model dir absent).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 
@@ -19,18 +19,20 @@ class ChatRequest:
     id: str
     messages: list[dict[str, str]]
     request_hash: str
+    candidate: str = ""
 
 
 @dataclass
-class TeacherResponse:
+class ModelResponse:
     id: str
     request_hash: str
-    teacher: str
+    model: str
+    candidate: str = ""
     response: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    # Per generated token: {"token_ids": [...k], "logprobs": [...k]}, the teacher's top-k.
+    # Per generated token: {"token_ids": [...k], "logprobs": [...k]}, the model's top-k.
     top_logprobs: list[dict[str, list[Any]]] | None = None
     error: str | None = None
     status: int | None = None
@@ -40,10 +42,10 @@ class TeacherResponse:
         return asdict(self)
 
 
-class Teacher(Protocol):
+class Backend(Protocol):
     name: str
 
-    def generate(self, requests: list[ChatRequest]) -> list[TeacherResponse]:
+    def generate(self, requests: list[ChatRequest]) -> list[ModelResponse]:
         """One response per request, in the same order; per-row failures are error rows."""
         ...
 
@@ -59,12 +61,3 @@ def request_hash(model: str, messages: list[dict[str, str]], sampling: dict[str,
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
-@dataclass
-class GenerationSummary:
-    done: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    retried: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0

@@ -22,47 +22,47 @@ from azure.core.exceptions import (
     ServiceResponseTimeoutError,
 )
 
-from kdist.teachers.base import ChatRequest, TeacherResponse
-from kdist.teachers.remote import RemoteTeacher, top_logprobs_from_openai
-from kdist.teachers.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
+from kdist.llm.base import ChatRequest, ModelResponse
+from kdist.llm.remote import RemoteBackend, top_logprobs_from_openai
+from kdist.llm.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
 
 _DEFAULT_API_VERSION = "2024-05-01-preview"
 
 
-class AzureTeacher(RemoteTeacher):
+class AzureBackend(RemoteBackend):
     kind = "azure"
 
     def _model_extras(self) -> dict[str, Any] | None:
-        extras: dict[str, Any] = dict(self.section.request_extras)
-        if self.section.sampling.top_logprobs:
-            extras.update(logprobs=True, top_logprobs=self.section.sampling.top_logprobs)
+        extras: dict[str, Any] = dict(self.endpoint.request_extras)
+        if self.endpoint.sampling.top_logprobs:
+            extras.update(logprobs=True, top_logprobs=self.endpoint.sampling.top_logprobs)
         return extras or None
 
     async def _open(self) -> None:
-        section = self.section
+        endpoint = self.endpoint
         if self._api_key:
             credential: Any = AzureKeyCredential(self._api_key)
         else:
             from azure.identity.aio import DefaultAzureCredential
 
             credential = self._credential = DefaultAzureCredential()
-        sampling = section.sampling
+        sampling = endpoint.sampling
         # retry_total=0: the SDK's retry policy is off; resilience.py counts and paces attempts.
         self._client = ChatCompletionsClient(
-            endpoint=section.endpoint,
+            endpoint=endpoint.endpoint,
             credential=credential,
-            api_version=section.api_version or _DEFAULT_API_VERSION,
-            model=section.model,
+            api_version=endpoint.api_version or _DEFAULT_API_VERSION,
+            model=endpoint.model,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
             model_extras=self._model_extras(),
             retry_total=0,
-            connection_timeout=section.timeout_s,
-            read_timeout=section.timeout_s,
+            connection_timeout=endpoint.timeout_s,
+            read_timeout=endpoint.timeout_s,
         )
 
-    async def _complete(self, request: ChatRequest) -> TeacherResponse:
+    async def _complete(self, request: ChatRequest) -> ModelResponse:
         assert self._client is not None
         try:
             result = await self._client.complete(messages=request.messages)
@@ -85,10 +85,10 @@ class AzureTeacher(RemoteTeacher):
             raise RequestFailed(CONTENT_FILTER, transient=False, status=200, detail="the answer was filtered")
         logprobs = (choice.get("logprobs") or {}).get("content")
         usage = result.usage
-        return TeacherResponse(
+        return ModelResponse(
             id=request.id,
-            request_hash=request.request_hash,
-            teacher=self.name,
+            request_hash=request.request_hash, candidate=request.candidate,
+            model=self.name,
             response=choice.message.content or "",
             finish_reason=finish,
             prompt_tokens=usage.prompt_tokens if usage else 0,

@@ -6,9 +6,9 @@ Dataset of response rows, so Ray Data batches requests into the engines (continu
 and runs `replicas` engines of `tensor_parallel_size` GPUs each. On CPU-only clusters the same
 code runs on vLLM's CPU build with one CPU bundle per engine.
 
-Input rows need `id`, `request_hash` and `messages` (`task`, `meta` ride along); output rows are
-TeacherResponse rows. A row
-that the engine fails on comes back as an error row (should_continue_on_error), never a crash.
+Input rows need `id`, `candidate`, `request_hash` and `messages`; output rows are ModelResponse
+rows. A row that the engine fails on comes back as an error row (should_continue_on_error),
+never a crash.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kdist.config import TeacherSection
+from kdist.endpoints import VLLMEndpoint
 
 # Light stages beside the engine: on a 2-core machine, stages that ask for a whole CPU each
 # starve the engine and the pipeline never finishes.
@@ -31,27 +31,27 @@ CPU_ENGINE_ENV = {
 }
 
 
-# Prompt columns that ride along through the engine stages (the answer parser needs the task).
-CARRIED_COLUMNS = ("id", "request_hash", "task", "meta")
+# Request columns that ride along through the engine stages (the key of each answer).
+CARRIED_COLUMNS = ("id", "candidate", "request_hash")
 
 
-class VLLMTeacher:
+class VLLMBackend:
     kind = "vllm"
 
-    def __init__(self, section: TeacherSection, use_gpu: bool | None = None) -> None:
-        self.section = section
-        self.name = f"vllm:{section.model}"
+    def __init__(self, endpoint: VLLMEndpoint, use_gpu: bool | None = None) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.label
         self._use_gpu = use_gpu
 
     def transform(self, dataset: Any) -> Any:
-        """Prompt rows (id, request_hash, messages) -> TeacherResponse rows, lazily."""
+        """Prompt rows (id, request_hash, messages) -> ModelResponse rows, lazily."""
         from ray.data.llm import build_processor
 
         side = {"num_cpus": SIDE_STAGE_CPUS}
         processor = build_processor(
             self.processor_config(),
             preprocess=_Preprocess(self._sampling_params()),
-            postprocess=_Postprocess(self.name, self.section.sampling.max_tokens, self.section.sampling.top_logprobs),
+            postprocess=_Postprocess(self.name, self.endpoint.sampling.max_tokens, self.endpoint.sampling.top_logprobs),
             preprocess_map_kwargs=side,
             postprocess_map_kwargs=side,
         )
@@ -60,21 +60,23 @@ class VLLMTeacher:
     def processor_config(self) -> Any:
         from ray.data.llm import vLLMEngineProcessorConfig
 
-        section = self.section
+        from kdist.llm.models import local_model
+
+        endpoint = self.endpoint
         use_gpu = self._cluster_has_gpus() if self._use_gpu is None else self._use_gpu
         bundle = {"GPU": 1} if use_gpu else {"CPU": 1}
         env = {} if use_gpu else {k: os.environ.get(k, v) for k, v in CPU_ENGINE_ENV.items()}
         side = {"num_cpus": SIDE_STAGE_CPUS}
         return vLLMEngineProcessorConfig(
-            model_source=section.model,
+            model_source=local_model(endpoint.model),
             engine_kwargs={
-                "tensor_parallel_size": section.tensor_parallel_size,
-                "max_logprobs": max(20, section.sampling.top_logprobs or 0),
-                **section.engine_kwargs,
+                "tensor_parallel_size": endpoint.tensor_parallel_size,
+                "max_logprobs": max(20, endpoint.sampling.top_logprobs or 0),
+                **endpoint.engine_kwargs,
             },
-            concurrency=section.replicas,
-            batch_size=section.batch_size,
-            placement_group_config={"bundles": [bundle] * section.tensor_parallel_size},
+            concurrency=endpoint.replicas,
+            batch_size=endpoint.batch_size,
+            placement_group_config={"bundles": [bundle] * endpoint.tensor_parallel_size},
             runtime_env={"env_vars": env} if env else None,
             log_engine_metrics=False,
             should_continue_on_error=True,
@@ -84,7 +86,7 @@ class VLLMTeacher:
         )
 
     def _sampling_params(self) -> dict[str, Any]:
-        sampling = self.section.sampling
+        sampling = self.endpoint.sampling
         params: dict[str, Any] = {
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -115,15 +117,15 @@ class _Preprocess:
 
 
 class _Postprocess:
-    def __init__(self, teacher: str, max_tokens: int, top_k: int | None) -> None:
-        self.teacher, self.max_tokens, self.top_k = teacher, max_tokens, top_k
+    def __init__(self, model: str, max_tokens: int, top_k: int | None) -> None:
+        self.model, self.max_tokens, self.top_k = model, max_tokens, top_k
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         error = row.get("__inference_error__") or None
         generated = int(row.get("num_generated_tokens") or 0)
         return {
             **{name: row[name] for name in CARRIED_COLUMNS if name in row},
-            "teacher": self.teacher,
+            "model": self.model,
             "response": None if error else row.get("generated_text", ""),
             # ray.data.llm does not pass vLLM's finish reason on; a full budget means it was cut.
             "finish_reason": None if error else ("length" if generated >= self.max_tokens else "stop"),

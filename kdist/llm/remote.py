@@ -1,5 +1,5 @@
-"""What the HTTP teacher backends (openai, azure) share: a batch of requests fanned out as
-concurrent async calls, each ending as exactly one TeacherResponse.
+"""What the HTTP model backends (openai, azure) share: a batch of requests fanned out as
+concurrent async calls, each ending as exactly one ModelResponse.
 
 A backend subclass implements only `_open()` (create `self._client`, and `self._credential`
 for Entra ID, both closed by `_aclose()`) and `_complete(request)` (one attempt, raising
@@ -15,12 +15,12 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from kdist.config import TeacherSection
-from kdist.teachers.base import ChatRequest, TeacherResponse
-from kdist.teachers.resilience import RateLimits, RequestFailed, RetryPolicy, call_with_retries
+from kdist.endpoints import RemoteEndpoint
+from kdist.llm.base import ChatRequest, ModelResponse
+from kdist.llm.resilience import RateLimits, RequestFailed, RetryPolicy, call_with_retries
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -33,18 +33,18 @@ def error_reason(error: str | None) -> str | None:
     return error.split(":", 1)[0] if error else None
 
 
-def api_key_from_env(section: TeacherSection) -> str | None:
+def api_key_from_env(endpoint: RemoteEndpoint) -> str | None:
     """The key named by `api_key_env`; a named but unset variable is a setup error."""
-    if not section.api_key_env:
+    if not endpoint.api_key_env:
         return None
-    key = os.environ.get(section.api_key_env)
+    key = os.environ.get(endpoint.api_key_env)
     if not key:
-        raise RuntimeError(f"teacher.api_key_env names {section.api_key_env}, which is not set")
+        raise RuntimeError(f"api_key_env names {endpoint.api_key_env}, which is not set")
     return key
 
 
-def sampling_params(section: TeacherSection) -> dict[str, Any]:
-    sampling = section.sampling
+def sampling_params(endpoint: RemoteEndpoint) -> dict[str, Any]:
+    sampling = endpoint.sampling
     return {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
 
 
@@ -69,26 +69,26 @@ def top_logprobs_from_openai(content: list[dict[str, Any]] | None) -> list[dict[
     return steps
 
 
-class RemoteTeacher:
+class RemoteBackend:
     """Base of the HTTP backends; see the module docstring."""
 
     kind = "remote"
 
-    def __init__(self, section: TeacherSection) -> None:
-        self.section = section
-        self.name = f"{self.kind}:{section.model}"
+    def __init__(self, endpoint: RemoteEndpoint) -> None:
+        self.endpoint = endpoint
+        self.name = f"{self.kind}:{endpoint.model}"
         self._policy = RetryPolicy(
-            max_attempts=section.max_attempts,
-            initial_backoff_s=section.backoff_initial_s,
-            max_backoff_s=section.backoff_max_s,
-            timeout_s=section.timeout_s,
+            max_attempts=endpoint.max_attempts,
+            initial_backoff_s=endpoint.backoff_initial_s,
+            max_backoff_s=endpoint.backoff_max_s,
+            timeout_s=endpoint.timeout_s,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._limits: RateLimits | None = None
         self._private_loop: asyncio.AbstractEventLoop | None = None
         self._private_thread: threading.Thread | None = None
-        self._api_key = api_key_from_env(section)
+        self._api_key = api_key_from_env(endpoint)
         self._client: Any = None
         self._credential: Any = None  # an Entra ID credential when there is no key
 
@@ -97,7 +97,7 @@ class RemoteTeacher:
     async def _open(self) -> None:
         """Create the SDK client (inside the loop that will use it)."""
 
-    async def _complete(self, request: ChatRequest) -> TeacherResponse:
+    async def _complete(self, request: ChatRequest) -> ModelResponse:
         raise NotImplementedError
 
     async def _aclose(self) -> None:
@@ -111,9 +111,20 @@ class RemoteTeacher:
 
     # --- the fan-out ------------------------------------------------------------------------
 
-    async def agenerate(self, requests: list[ChatRequest]) -> list[TeacherResponse]:
+    async def agenerate(
+        self, requests: list[ChatRequest], on_response: Callable[[ModelResponse], None] | None = None
+    ) -> list[ModelResponse]:
+        """One response per request, in order; `on_response` sees each the moment it is final
+        (so a caller can persist it then, rather than with the whole batch)."""
         await self._bind_to_running_loop()
-        return list(await asyncio.gather(*(self._one(request) for request in requests)))
+
+        async def one(request: ChatRequest) -> ModelResponse:
+            response = await self._one(request)
+            if on_response is not None:
+                on_response(response)
+            return response
+
+        return list(await asyncio.gather(*(one(request) for request in requests)))
 
     async def _bind_to_running_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -122,14 +133,14 @@ class RemoteTeacher:
         if self._loop is not None:
             raise RuntimeError(f"{self.name}: used from two event loops")
         self._loop = loop
-        self._slots = asyncio.Semaphore(self.section.concurrency)
+        self._slots = asyncio.Semaphore(self.endpoint.concurrency)
         # Limits are for the whole run; each of the `replicas` workers takes its share.
-        share = max(self.section.replicas, 1)
-        rpm, tpm = self.section.requests_per_minute, self.section.tokens_per_minute
+        share = max(self.endpoint.replicas, 1)
+        rpm, tpm = self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute
         self._limits = RateLimits(rpm / share if rpm else None, tpm / share if tpm else None)
         await self._open()
 
-    async def _one(self, request: ChatRequest) -> TeacherResponse:
+    async def _one(self, request: ChatRequest) -> ModelResponse:
         assert self._slots is not None and self._limits is not None
         try:
             response, attempts = await call_with_retries(
@@ -151,16 +162,16 @@ class RemoteTeacher:
     def _estimated_tokens(self, request: ChatRequest) -> int:
         # About 4 characters a token for the prompt, plus the most the answer may take.
         chars = sum(len(str(message.get("content", ""))) for message in request.messages)
-        return chars // 4 + self.section.sampling.max_tokens
+        return chars // 4 + self.endpoint.sampling.max_tokens
 
-    def _error_row(self, request: ChatRequest, error: str, status: int | None, attempts: int) -> TeacherResponse:
-        return TeacherResponse(
-            id=request.id, request_hash=request.request_hash, teacher=self.name, error=error, status=status, attempts=attempts
+    def _error_row(self, request: ChatRequest, error: str, status: int | None, attempts: int) -> ModelResponse:
+        return ModelResponse(
+            id=request.id, request_hash=request.request_hash, candidate=request.candidate, model=self.name, error=error, status=status, attempts=attempts
         )
 
     # --- the blocking entry point -----------------------------------------------------------
 
-    def generate(self, requests: list[ChatRequest]) -> list[TeacherResponse]:
+    def generate(self, requests: list[ChatRequest]) -> list[ModelResponse]:
         return self._run_private(self.agenerate(requests))
 
     def _run_private(self, coroutine: Coroutine[Any, Any, T]) -> T:

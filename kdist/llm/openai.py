@@ -12,52 +12,52 @@ from typing import Any
 import httpx2
 import openai
 
-from kdist.config import TeacherSection
-from kdist.teachers.base import ChatRequest, TeacherResponse
-from kdist.teachers.remote import RemoteTeacher, sampling_params, top_logprobs_from_openai
-from kdist.teachers.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
+from kdist.endpoints import RemoteEndpoint
+from kdist.llm.base import ChatRequest, ModelResponse
+from kdist.llm.remote import RemoteBackend, sampling_params, top_logprobs_from_openai
+from kdist.llm.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
 
 _AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
-class OpenAITeacher(RemoteTeacher):
+class OpenAIBackend(RemoteBackend):
     kind = "openai"
 
-    def __init__(self, section: TeacherSection) -> None:
-        super().__init__(section)
-        self._body = self._request_body(section)
+    def __init__(self, endpoint: RemoteEndpoint) -> None:
+        super().__init__(endpoint)
+        self._body = self._request_body(endpoint)
 
     @staticmethod
-    def _request_body(section: TeacherSection) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": section.model, **sampling_params(section)}
-        if section.sampling.top_logprobs:
+    def _request_body(endpoint: RemoteEndpoint) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": endpoint.model, **sampling_params(endpoint)}
+        if endpoint.sampling.top_logprobs:
             body["logprobs"] = True
-            body["top_logprobs"] = section.sampling.top_logprobs
+            body["top_logprobs"] = endpoint.sampling.top_logprobs
         # Extras go into the body as is (the raw post has no extra_body parameter).
-        body.update(section.request_extras)
+        body.update(endpoint.request_extras)
         return body
 
     async def _open(self) -> None:
-        section = self.section
+        endpoint = self.endpoint
         # The SDK's own retries are off: attempts are counted and paced by resilience.py.
         # aiohttp as the transport: the default httpx pool costs about 4 ms of CPU a request
         # at 64 connections (it scans every connection per request), aiohttp about 1 ms.
         http_client = openai.DefaultAioHttpClient(
-            limits=httpx2.Limits(max_connections=section.concurrency, max_keepalive_connections=section.concurrency),
-            timeout=section.timeout_s,
+            limits=httpx2.Limits(max_connections=endpoint.concurrency, max_keepalive_connections=endpoint.concurrency),
+            timeout=endpoint.timeout_s,
         )
-        common: dict[str, Any] = {"max_retries": 0, "timeout": section.timeout_s, "http_client": http_client}
-        if section.api_version:
+        common: dict[str, Any] = {"max_retries": 0, "timeout": endpoint.timeout_s, "http_client": http_client}
+        if endpoint.api_version:
             self._client = openai.AsyncAzureOpenAI(
-                azure_endpoint=section.endpoint,
-                api_version=section.api_version,
+                azure_endpoint=endpoint.endpoint,
+                api_version=endpoint.api_version,
                 api_key=self._api_key,
                 azure_ad_token_provider=None if self._api_key else self._entra_token_provider(),
                 **common,
             )
         else:
             # Servers without auth (a local vLLM) still need a non-empty key in the client.
-            self._client = openai.AsyncOpenAI(base_url=section.endpoint, api_key=self._api_key or "none", **common)
+            self._client = openai.AsyncOpenAI(base_url=endpoint.endpoint, api_key=self._api_key or "none", **common)
 
     def _entra_token_provider(self) -> Any:
         from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
@@ -65,7 +65,7 @@ class OpenAITeacher(RemoteTeacher):
         self._credential = DefaultAzureCredential()
         return get_bearer_token_provider(self._credential, _AZURE_SCOPE)
 
-    async def _complete(self, request: ChatRequest) -> TeacherResponse:
+    async def _complete(self, request: ChatRequest) -> ModelResponse:
         assert self._client is not None
         try:
             # The documented raw `post` skips the SDK's per-call parameter transform and model
@@ -89,10 +89,10 @@ class OpenAITeacher(RemoteTeacher):
         if choice.get("finish_reason") == "content_filter":
             raise RequestFailed(CONTENT_FILTER, transient=False, status=200, detail="the answer was filtered")
         usage = completion.get("usage") or {}
-        return TeacherResponse(
+        return ModelResponse(
             id=request.id,
-            request_hash=request.request_hash,
-            teacher=self.name,
+            request_hash=request.request_hash, candidate=request.candidate,
+            model=self.name,
             response=text or "",
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),

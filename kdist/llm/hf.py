@@ -1,4 +1,4 @@
-"""Local transformers generation: small models, tests, and the offline demo's teacher.
+"""`hf` backend: local transformers generation (small models, tests, the offline demo).
 
 Greedy or sampled generation in left-padded batches. Top-k logprobs of the generated tokens
 come from the generation scores when asked for, in the same compact form the remote backends
@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdist.config import SamplingSection
-from kdist.teachers.base import ChatRequest, TeacherResponse
+from kdist.endpoints import HFEndpoint
+from kdist.llm.base import ChatRequest, ModelResponse
 
 
-class HFTeacher:
-    def __init__(self, model: str, sampling: SamplingSection, device: str | None = None):
+class HFBackend:
+    def __init__(self, endpoint: HFEndpoint, device: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.name = f"hf:{model}"
-        self.sampling = sampling
+        from kdist.llm.models import local_model
+
+        model = local_model(endpoint.model)
+        self.name = endpoint.label
+        self.sampling = endpoint.sampling
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"
@@ -27,7 +30,7 @@ class HFTeacher:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(self.device)
         self.model.eval()
 
-    def generate(self, requests: list[ChatRequest]) -> list[TeacherResponse]:
+    def generate(self, requests: list[ChatRequest]) -> list[ModelResponse]:
         import torch
 
         prompts = [
@@ -56,16 +59,16 @@ class HFTeacher:
             for i, request in enumerate(requests)
         ]
 
-    def _response(self, request, tokens, attention_mask, top, index) -> TeacherResponse:
+    def _response(self, request, tokens, attention_mask, top, index) -> ModelResponse:
         eos = self.tokenizer.eos_token_id
         token_list = tokens.tolist()
         finished = eos in token_list
         length = token_list.index(eos) + 1 if finished else len(token_list)
         text = self.tokenizer.decode(token_list[:length], skip_special_tokens=True)
-        return TeacherResponse(
+        return ModelResponse(
             id=request.id,
-            request_hash=request.request_hash,
-            teacher=self.name,
+            request_hash=request.request_hash, candidate=request.candidate,
+            model=self.name,
             response=text.strip(),
             finish_reason="stop" if finished else "length",
             prompt_tokens=int(attention_mask.sum()),

@@ -1,0 +1,307 @@
+"""One batch-inference function for every role a model plays: teacher, judge, evaluated model.
+
+    result = run_inference(requests, endpoint, store_uri, expected_rows=n)
+
+`requests` is a Ray Dataset of (id, candidate, messages) rows (kdist.rows.REQUEST_COLUMNS);
+the answers land in the responses store at `store_uri` (kdist.llm.store), one row per
+(id, candidate), and `result.responses()` reads them back as a Ray Dataset. Callers map the
+answers for their task; nothing here parses them.
+
+What every caller gets:
+- Ray Data fan-out: async actors for HTTP endpoints (`concurrency` requests in flight each,
+  `replicas` actors), transformers actors for `hf`, `ray.data.llm` engines for `vllm`;
+- rate limits, retries that honour Retry-After, and per-row errors (kdist.llm.resilience);
+- exact resume: each row's request hash covers (model and its weights, messages, sampling)
+  and is computed in the workers; a rerun asks only for hashes without a successful answer,
+  looked up in an Arrow set, so nothing is paid for twice;
+- answers persisted by the workers, in shards that are complete or absent; each answer is
+  handed to the worker's sink the moment it is final, not when its batch is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kdist.endpoints import Endpoint, PriceSection, RemoteEndpoint
+from kdist.llm.base import ChatRequest, ModelResponse, request_hash
+from kdist.llm.models import weights_fingerprint
+from kdist.llm.remote import error_reason
+from kdist.llm.store import HashSet, ResponseStore, new_run_id, response_key
+from kdist.rows import REQUEST_COLUMNS, RESPONSE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+# Ray resources per actor: remote clients wait on the network; side stages are light. On a
+# 2-core machine, stages asking for a whole CPU each starve one another.
+REMOTE_WORKER_CPUS = 0.25
+SIDE_STAGE_CPUS = 0.1
+# Rows hashed per call (each call also records what was asked, one small shard).
+HASH_BATCH_ROWS = 4096
+# Ray Data runs up to 4 batches of a block at once in an async actor (its default); two
+# blocks in flight per actor keep it busy between blocks.
+BATCHES_PER_BLOCK = 4
+TASKS_PER_ACTOR = 2
+
+
+@dataclass
+class InferenceResult:
+    summary: dict[str, Any]
+    store: ResponseStore
+
+    def responses(self, columns: list[str] | None = None) -> Any:
+        """Every answer in the store as a lazy Ray Dataset."""
+        return self.store.dataset(columns)
+
+
+def run_inference(
+    requests: Any, endpoint: Endpoint, store_uri: str, *, expected_rows: int, label: str = "answers"
+) -> InferenceResult:
+    """Answer every request not answered before; see the module docstring."""
+    store = ResponseStore(store_uri)
+    if removed := store.remove_temporaries():
+        log.info("%s: removed %d half-written shards of an interrupted run", label, removed)
+    run_id = new_run_id()
+    todo = _not_yet_answered(requests, endpoint, store, run_id, expected_rows)
+    answered = _fan_out(todo, endpoint, store.uri, run_id)
+    _drive(answered, label, expected_rows)
+    dropped = store.drop_superseded(run_id)
+    summary = summarize(store, run_id, getattr(endpoint, "prices", None))
+    summary["duplicates_dropped"] = dropped
+    return InferenceResult(summary, store)
+
+
+# --- hashing and resume ------------------------------------------------------------------------
+
+
+def request_identity(endpoint: Endpoint) -> str:
+    """What names the model in a request hash: kind:model, plus the weights of a local model
+    (a model retrained at the same path is another model and is asked again)."""
+    if endpoint.kind in ("hf", "vllm"):
+        return f"{endpoint.label}@{weights_fingerprint(endpoint.model)}"
+    return endpoint.label
+
+
+def hash_requests(batch: pa.Table, identity: str, sampling: dict[str, Any]) -> pa.Table:
+    """The request columns plus each row's request hash."""
+    hashes = [request_hash(identity, _plain(messages), sampling) for messages in batch["messages"].to_pylist()]
+    return batch.select(REQUEST_COLUMNS).append_column("request_hash", pa.array(hashes, pa.string()))
+
+
+class _HashAndSkipDone:
+    """Ray Data actor: hash each request, record it as asked by this run, and pass on only
+    those without a successful answer (the done set arrives once per actor, as Arrow)."""
+
+    def __init__(self, identity: str, sampling: dict[str, Any], done: list[Any], store_uri: str, run_id: str) -> None:
+        import ray
+
+        self.identity, self.sampling, self.run_id = identity, sampling, run_id
+        self.done = ray.get(done[0])
+        self.store = ResponseStore(store_uri)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        hashed = hash_requests(batch, self.identity, self.sampling)
+        self.store.record_requests(hashed, self.run_id)
+        return hashed.filter(pa.array(~self.done.contains(hashed["request_hash"])))
+
+
+def _not_yet_answered(requests: Any, endpoint: Endpoint, store: ResponseStore, run_id: str, expected_rows: int) -> Any:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    done = ray.put(store.succeeded_hashes())
+    hashed = requests.select_columns(REQUEST_COLUMNS).map_batches(
+        _HashAndSkipDone,
+        fn_constructor_kwargs={
+            "identity": request_identity(endpoint), "sampling": endpoint.sampling.model_dump(),
+            "done": [done], "store_uri": store.uri, "run_id": run_id,
+        },
+        batch_size=HASH_BATCH_ROWS, batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=2), num_cpus=SIDE_STAGE_CPUS,
+    )  # fmt: skip
+    # Blocks small enough that every replica gets some (one block feeds one actor).
+    rows = max(1, min(endpoint.batch_size * BATCHES_PER_BLOCK, -(-expected_rows // endpoint.replicas)))
+    return hashed.repartition(target_num_rows_per_block=rows)
+
+
+def _plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _requests(batch: pa.Table) -> list[ChatRequest]:
+    return [
+        ChatRequest(id=row_id, messages=_plain(messages), request_hash=hash_, candidate=candidate or "")
+        for row_id, candidate, messages, hash_ in zip(
+            batch["id"].to_pylist(), batch["candidate"].to_pylist(),
+            batch["messages"].to_pylist(), batch["request_hash"].to_pylist(),
+        )
+    ]  # fmt: skip
+
+
+# --- fan-out -----------------------------------------------------------------------------------
+
+
+def _fan_out(todo: Any, endpoint: Endpoint, store_uri: str, run_id: str) -> Any:
+    """The workers for the endpoint's kind; each output row counts what one flush wrote."""
+    from ray.data import ActorPoolStrategy
+
+    sink = {"store_uri": store_uri, "run_id": run_id}
+    common = {"batch_size": endpoint.batch_size, "batch_format": "pyarrow"}
+    pool = ActorPoolStrategy(size=endpoint.replicas, max_tasks_in_flight_per_actor=TASKS_PER_ACTOR)
+    if endpoint.kind == "vllm":
+        from kdist.llm.vllm import VLLMBackend
+
+        return VLLMBackend(endpoint).transform(todo).map_batches(  # type: ignore[arg-type]
+            _WriteAnswered, fn_constructor_kwargs=sink, compute=ActorPoolStrategy(size=1), num_cpus=SIDE_STAGE_CPUS, **common
+        )
+    kwargs = {"endpoint": endpoint, **sink}
+    if isinstance(endpoint, RemoteEndpoint):
+        return todo.map_batches(_RemoteWorker, fn_constructor_kwargs=kwargs, compute=pool, num_cpus=REMOTE_WORKER_CPUS, **common)
+    gpus = 1 if _cluster_has_gpus() else 0
+    return todo.map_batches(_LocalWorker, fn_constructor_kwargs=kwargs, compute=pool, num_cpus=1, num_gpus=gpus, **common)
+
+
+def _drive(answered: Any, label: str, expected_rows: int) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=expected_rows, desc=label, unit="row", mininterval=2.0) as progress:
+        for batch in answered.iter_batches(batch_format="pyarrow", batch_size=None):
+            progress.update(pc.sum(batch["rows"]).as_py() or 0)
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+class _ShardSink:
+    """Where a worker puts each answer the moment it is final; `flush` writes what has
+    arrived as one shard (complete or absent) and returns the count."""
+
+    def __init__(self, store_uri: str, run_id: str) -> None:
+        self.store = ResponseStore(store_uri)
+        self.run_id = run_id
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, response: ModelResponse | dict[str, Any]) -> None:
+        self.rows.append(response if isinstance(response, dict) else response.to_row())
+
+    def take(self) -> list[dict[str, Any]]:
+        rows, self.rows = self.rows, []
+        return rows
+
+    def write(self, rows: list[dict[str, Any]]) -> pa.Table:
+        if rows:
+            self.store.write_shard(pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA), self.run_id)
+        return pa.table({"rows": [len(rows)], "errors": [sum(1 for r in rows if r["error"])]})
+
+    def flush(self) -> pa.Table:
+        return self.write(self.take())
+
+
+class _RemoteWorker:
+    """Async Ray Data actor: Ray runs several batches at once on its event loop, and the
+    backend's semaphore bounds the requests in flight across them."""
+
+    def __init__(self, endpoint: RemoteEndpoint, store_uri: str, run_id: str) -> None:
+        from kdist.llm import build_backend
+
+        self.backend = build_backend(endpoint)
+        self.sink = _ShardSink(store_uri, run_id)
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        await self.backend.agenerate(_requests(batch), on_response=self.sink.add)  # type: ignore[attr-defined]
+        # Taken on the loop's thread, written off it: answers of other batches still in
+        # flight keep arriving meanwhile and go into the next shard.
+        return await asyncio.to_thread(self.sink.write, self.sink.take())
+
+
+class _LocalWorker:
+    """Synchronous Ray Data actor for in-process backends (hf)."""
+
+    def __init__(self, endpoint: Endpoint, store_uri: str, run_id: str) -> None:
+        from kdist.llm import build_backend
+
+        self.backend = build_backend(endpoint)
+        self.sink = _ShardSink(store_uri, run_id)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for response in self.backend.generate(_requests(batch)):
+            self.sink.add(response)
+        return self.sink.flush()
+
+
+class _WriteAnswered:
+    """After the vllm backend's stages: rows already carry the answer fields."""
+
+    def __init__(self, store_uri: str, run_id: str) -> None:
+        self.sink = _ShardSink(store_uri, run_id)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        fields = [name for name in RESPONSE_SCHEMA.names if name in batch.column_names]
+        for row in batch.select(fields).to_pylist():
+            self.sink.add(row)
+        return self.sink.flush()
+
+
+# --- the summary -------------------------------------------------------------------------------
+
+
+def summarize(store: ResponseStore, run_id: str, prices: PriceSection | None) -> dict[str, Any]:
+    """Counts over exactly the keys this run was asked for, from Arrow columns."""
+    requested = store.requested(run_id)
+    wanted = response_key(requested)
+    columns = ["id", "candidate", "error", "attempts", "prompt_tokens", "completion_tokens"]
+    totals: Counter[str] = Counter()
+    this_run: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    seen = 0
+    for path, table in store.read_columns(columns):
+        table = table.filter(pc.is_in(response_key(table), value_set=wanted))
+        seen += table.num_rows
+        tokens = {name: pc.sum(table[name]).as_py() or 0 for name in ("prompt_tokens", "completion_tokens")}
+        totals.update(tokens)
+        totals["done"] += table["error"].null_count
+        errors = table["error"].drop_null().to_pylist()
+        failed.update(error_reason(error) or "unknown" for error in errors)
+        if f"/part-{run_id}-" in path:
+            retried = pc.sum(pc.greater(pc.fill_null(table["attempts"], 1), 1)).as_py() or 0
+            this_run.update(requested=table.num_rows, retried=retried, **tokens)
+    asked = requested.num_rows
+    summary: dict[str, Any] = {
+        "requests": asked,
+        "done": totals["done"],
+        "failed": dict(failed),
+        "missing": asked - seen,
+        "success_ratio": round(totals["done"] / asked, 4) if asked else 1.0,
+        "prompt_tokens": totals["prompt_tokens"],
+        "completion_tokens": totals["completion_tokens"],
+        "this_run": {key: this_run[key] for key in ("requested", "retried", "prompt_tokens", "completion_tokens")},
+    }
+    if prices is not None:
+        summary["estimated_cost"] = _cost(prices, totals)
+        summary["this_run"]["estimated_cost"] = _cost(prices, this_run)
+        summary["currency"] = prices.currency
+    return summary
+
+
+def _cost(prices: PriceSection, tokens: Counter[str]) -> float:
+    cost = tokens["prompt_tokens"] * prices.input_per_million_tokens + tokens["completion_tokens"] * prices.output_per_million_tokens
+    return round(cost / 1e6, 6)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    cost = f", est. cost {summary['estimated_cost']} {summary['currency']}" if "estimated_cost" in summary else ""
+    run = summary["this_run"]
+    return (
+        f"{summary['done']}/{summary['requests']} done ({summary['success_ratio']:.1%}), failed {summary['failed'] or 0}; "
+        f"this run asked {run['requested']} ({run['retried']} retried); "
+        f"tokens in/out {summary['prompt_tokens']}/{summary['completion_tokens']}{cost}"
+    )

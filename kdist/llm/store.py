@@ -1,0 +1,217 @@
+"""The responses store: directories of Parquet shards that are complete or absent.
+
+`answers/` holds rows of kdist.rows.RESPONSE_SCHEMA, keyed by (id, candidate): a table
+directory that pyarrow, Ray Data and `datasets` read as one dataset. Workers write each
+batch of answers as its own shard, under a hidden temporary name renamed into place, so a
+kill -9 leaves only whole shards (and hidden temp files, which readers skip). Shard names sort
+by run, so "newer" is well defined when a rerun answers a key again. Beside the shards,
+`requests/` records which (id, candidate, request_hash) each run was asked for, so a summary
+covers exactly the current request set.
+
+Everything that scans the store works on Arrow columns, never on Python objects per row: a
+store of millions of answers stays a few columns of memory in the driver.
+
+The directory may be local, a mounted volume, or object storage (kdist.storage).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from kdist import storage
+from kdist.rows import RESPONSE_SCHEMA
+
+log = logging.getLogger(__name__)
+
+SHARD_PREFIX = "part-"
+SHARD_SUFFIX = ".parquet"
+ANSWERS_DIR = "answers"
+REQUESTS_DIR = "requests"
+HASH_CHARS = 32  # kdist.llm.base.request_hash: 128 bits as hex
+REQUEST_INDEX_SCHEMA = pa.schema([("id", pa.string()), ("candidate", pa.string()), ("request_hash", pa.string())])
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across concurrent writers."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def response_key(table: pa.Table) -> pa.Array:
+    """(id, candidate) as one string column, for vectorised grouping."""
+    candidate = pc.fill_null(table["candidate"], "")
+    return pc.binary_join_element_wise(table["id"], candidate, "\x1f")
+
+
+class HashSet:
+    """A set of request hashes as one sorted numpy array of 32-byte strings: 32 bytes a hash
+    (a Python set of str takes about 100), and membership of a whole batch in one call,
+    without rebuilding a hash table per batch as pyarrow's is_in would."""
+
+    def __init__(self, hashes: np.ndarray) -> None:
+        self.hashes = hashes
+
+    @classmethod
+    def of(cls, hashes: pa.Array) -> HashSet:
+        return cls(np.unique(_fixed_width(hashes)))
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def contains(self, hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        wanted = _fixed_width(hashes)
+        if not len(self.hashes) or not len(wanted):
+            return np.zeros(len(wanted), dtype=bool)
+        at = np.searchsorted(self.hashes, wanted).clip(max=len(self.hashes) - 1)
+        return self.hashes[at] == wanted
+
+
+def _fixed_width(hashes: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(hashes, pa.ChunkedArray):
+        hashes = hashes.combine_chunks()
+    fixed = hashes.cast(pa.binary()).cast(pa.binary(HASH_CHARS))
+    if not len(fixed):
+        return np.array([], dtype=f"S{HASH_CHARS}")
+    values = np.frombuffer(fixed.buffers()[1], dtype=f"S{HASH_CHARS}")
+    return values[fixed.offset : fixed.offset + len(fixed)]
+
+
+@dataclass
+class ResponseStore:
+    uri: str
+
+    def __post_init__(self) -> None:
+        self.fs, _ = storage.filesystem_for(self.uri)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    @property
+    def answers_uri(self) -> str:
+        return storage.join(self.uri, ANSWERS_DIR)
+
+    def write_shard(self, table: pa.Table, run_id: str, directory: str = ANSWERS_DIR) -> str:
+        """One shard in one of the store's directories, complete or absent."""
+        name = f"{SHARD_PREFIX}{run_id}-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
+        uri = storage.join(self.uri, directory, name)
+        schema = REQUEST_INDEX_SCHEMA if directory == REQUESTS_DIR else RESPONSE_SCHEMA
+        storage.write_table(uri, table.select(schema.names).cast(schema))
+        return uri
+
+    def record_requests(self, table: pa.Table, run_id: str) -> None:
+        """Remember what this run was asked for (all of it, answered before or not)."""
+        self.write_shard(table, run_id, REQUESTS_DIR)
+
+    def remove_temporaries(self) -> int:
+        """Drop half-written shards a killed run left behind (only one run per store)."""
+        stale = [
+            path for directory in (self.answers_uri, storage.join(self.uri, REQUESTS_DIR))
+            for path in storage.list_files(directory, prefix=f".{SHARD_PREFIX}", suffix=".tmp")
+        ]  # fmt: skip
+        for path in stale:
+            self.fs.delete_file(path)
+        return len(stale)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def shard_paths(self) -> list[str]:
+        return storage.list_files(self.answers_uri, prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX)
+
+    def read_columns(self, columns: list[str]) -> Iterator[tuple[str, pa.Table]]:
+        for path in self.shard_paths():
+            yield path, pq.read_table(path, columns=columns, filesystem=self.fs, schema=RESPONSE_SCHEMA)
+
+    def read_all(self, columns: list[str] | None = None) -> pa.Table:
+        """Small stores and tests; stages stream with `dataset()`."""
+        tables = [table for _, table in self.read_columns(columns or RESPONSE_SCHEMA.names)]
+        schema = pa.schema([RESPONSE_SCHEMA.field(c) for c in columns]) if columns else RESPONSE_SCHEMA
+        return pa.concat_tables(tables) if tables else schema.empty_table()
+
+    def dataset(self, columns: list[str] | None = None):  # -> ray.data.Dataset
+        """Every stored answer as a lazy Ray Dataset."""
+        import ray.data
+
+        if not self.shard_paths():
+            return ray.data.from_arrow(RESPONSE_SCHEMA.empty_table()).select_columns(columns or RESPONSE_SCHEMA.names)
+        return ray.data.read_parquet(storage.filesystem_for(self.answers_uri)[1], filesystem=self.fs, columns=columns)
+
+    def succeeded_hashes(self) -> HashSet:
+        """Request hashes that already have a successful answer (never asked for again)."""
+        chunks = [
+            table.filter(pc.is_null(table["error"]))["request_hash"].combine_chunks()
+            for _, table in self.read_columns(["request_hash", "error"])
+        ]
+        return HashSet.of(pa.concat_arrays(chunks) if chunks else pa.array([], pa.string()))
+
+    def requested(self, run_id: str) -> pa.Table:
+        """The (id, candidate, request_hash) set that run `run_id` was asked for."""
+        directory = storage.join(self.uri, REQUESTS_DIR)
+        paths = storage.list_files(directory, prefix=f"{SHARD_PREFIX}{run_id}-", suffix=SHARD_SUFFIX)
+        tables = [pq.read_table(path, filesystem=self.fs, schema=REQUEST_INDEX_SCHEMA) for path in paths]
+        if not tables:
+            return REQUEST_INDEX_SCHEMA.empty_table()
+        # A retried Ray task may have recorded a block twice: one row per key.
+        table = pa.concat_tables(tables)
+        return table.group_by(["id", "candidate"], use_threads=False).aggregate([("request_hash", "last")]).rename_columns(
+            ["id", "candidate", "request_hash"]
+        )
+
+    # --- compaction ------------------------------------------------------------------------
+
+    def drop_superseded(self, run_id: str) -> int:
+        """Keep one row per (id, candidate); rewrite shards that hold the others.
+
+        A key answered in this run keeps that row (it carries the current request hash).
+        Otherwise a successful row beats an error row, and a newer shard beats an older one.
+        Safe to repeat: a crash half-way leaves whole shards, and the next run finishes it.
+        """
+        paths = self.shard_paths()
+        if not paths:
+            return 0
+        parts = []
+        for index, path in enumerate(paths):
+            table = pq.read_table(path, columns=["id", "candidate", "error"], filesystem=self.fs, schema=RESPONSE_SCHEMA)
+            n = table.num_rows
+            parts.append(pa.table({
+                "key": response_key(table),
+                "this_run": pa.array(np.full(n, f"/{SHARD_PREFIX}{run_id}-" in path)),
+                "ok": pc.is_null(table["error"]),
+                "shard": pa.array(np.full(n, index, dtype=np.int32)),
+                "row": pa.array(np.arange(n, dtype=np.int32)),
+            }))  # fmt: skip
+        ranked = pa.concat_tables(parts).sort_by(
+            [("key", "ascending"), ("this_run", "descending"), ("ok", "descending"), ("shard", "descending"), ("row", "ascending")]
+        )
+        keys = ranked["key"].combine_chunks()
+        first = np.ones(len(keys), dtype=bool)
+        if len(keys) > 1:
+            first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
+        losers = ranked.filter(pa.array(~first))
+        dropped = 0
+        for shard in np.unique(losers["shard"].to_numpy()):
+            rows = losers.filter(pc.equal(losers["shard"], shard))["row"].to_numpy()
+            dropped += len(rows)
+            self._rewrite_without(paths[int(shard)], rows)
+        return dropped
+
+    def _rewrite_without(self, path: str, rows: np.ndarray) -> None:
+        table = pq.read_table(path, filesystem=self.fs, schema=RESPONSE_SCHEMA)
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[rows] = False
+        kept = table.filter(pa.array(keep))
+        if kept.num_rows:
+            storage.write_table(self._uri_of(path), kept)
+        else:
+            self.fs.delete_file(path)
+
+    def _uri_of(self, path: str) -> str:
+        """A path inside the store's filesystem back as a location kdist.storage takes."""
+        return storage.join(self.answers_uri, path.rsplit("/", 1)[-1])

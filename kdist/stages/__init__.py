@@ -1,0 +1,80 @@
+"""The stage registry: every stage declared once, here.
+
+A stage has a name, a one-line help, the directory it writes under the run's `output_dir`,
+the stages whose outputs it reads, the config settings its fingerprint covers, and its runner
+(`module:function`, imported only when the stage runs, so the CLI starts fast). The pipeline,
+the CLI, the `ray_jobs/` entrypoint, the RayJob builder and the chart's values schema
+(`make chart-stages`) all read this list; adding a stage means adding one entry and its module.
+
+A runner is `run(context: StageContext) -> summary`; summaries are JSON-able dicts that end
+up in the stage's `_SUCCESS.json`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kdist import storage
+from kdist.config import RunConfig
+from kdist.errors import StageFailed, UsageError, one_line_cause
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a runner gets: the config, the run's output location, and --resume."""
+
+    config: RunConfig
+    root: str
+    resume: bool = False
+
+    def dir(self, stage: str) -> str:
+        """Where `stage` writes (a local path or a URI)."""
+        return storage.join(self.root, BY_NAME[stage].output)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    output: str
+    inputs: tuple[str, ...]
+    settings: Callable[[RunConfig], list[Any]]
+    runner: str  # "module:function"
+
+    def run(self, context: StageContext) -> dict[str, Any]:
+        module, function = self.runner.split(":")
+        runner = getattr(importlib.import_module(module), function)
+        try:
+            return runner(context)
+        except Exception as err:
+            # A row's UsageError raised in a Ray worker arrives wrapped (RayTaskError, with
+            # the worker's traceback as its text), and Ray Data appends its retry advice to the
+            # message: raise the original kind with its own first line.
+            cause = one_line_cause(err, (UsageError, StageFailed))
+            if cause is None or cause is err:
+                raise
+            raise type(cause)(str(cause).splitlines()[0]) from None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", "build chat prompts for the task -> prompts/", "prompts", (),
+          lambda c: [c.data, c.run.seed], "kdist.stages.prepare:run"),
+    Stage("generate", "have the teacher answer every prompt -> responses/", "responses", ("prepare",),
+          lambda c: [c.teacher], "kdist.stages.generate:run"),
+    Stage("judge", "score the teacher's answers -> judgements/", "judgements", ("prepare", "generate"),
+          lambda c: [c.judge], "kdist.stages.judge:run"),
+    Stage("filter", "keep the good answers -> sft/train, sft/validation", "sft", ("prepare", "generate", "judge"),
+          lambda c: [c.judge.min_score], "kdist.stages.filter:run"),
+    Stage("train", "fine-tune the student on them with Ray Train + DeepSpeed -> student/", "student",
+          ("prepare", "filter"), lambda c: [c.student, c.train, c.run.seed], "kdist.stages.train:run"),
+    Stage("evaluate", "student vs base vs teacher on held-out data -> eval/", "eval", ("prepare", "generate", "train"),
+          lambda c: [c.evaluate, c.student.model], "kdist.stages.evaluate:run"),
+)  # fmt: skip
+
+BY_NAME: dict[str, Stage] = {stage.name: stage for stage in STAGES}
+STAGE_NAMES: tuple[str, ...] = tuple(BY_NAME)
+# What a RayJob or `ray_jobs/run.py` may run: one stage, every stage, or the offline demo.
+JOB_COMMANDS: tuple[str, ...] = ("run", *STAGE_NAMES, "demo")

@@ -1,0 +1,71 @@
+"""The filter stage: keep the teacher answers the judge passed -> sft/{train,validation}.
+
+Each kept row is the prompt's messages plus the teacher's answer as the assistant turn
+(sequence-level KD), with the teacher's top-k logprobs when the generate stage stored them.
+Only the `train` and `validation` splits are written: held-out splits never reach training.
+Answers, judgements and prompts are joined in Ray Data; the driver holds none of them.
+`judge.min_score` is inclusive: a score equal to it is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kdist import dataflow, storage
+from kdist.llm.store import ResponseStore
+from kdist.rows import SFT_SCHEMA
+from kdist.stages import StageContext
+
+log = logging.getLogger(__name__)
+
+SFT_SPLITS = ("train", "validation")
+
+
+def run(context: StageContext) -> dict[str, Any]:
+    prompts_uri, out = context.dir("prepare"), context.dir("filter")
+    rows = storage.count_rows(prompts_uri)
+    answers = ResponseStore(context.dir("generate")).dataset(["id", "candidate", "response", "error", "top_logprobs"])
+    judgements = storage.read_dataset(context.dir("judge"), columns=["id", "candidate", "score"])
+    passed = dataflow.join(answers, judgements, on=("id", "candidate"), rows=rows).map_batches(
+        _passed, fn_kwargs={"min_score": context.config.judge.min_score}, batch_format="pyarrow", num_cpus=0.1
+    )
+    prompts = storage.read_dataset(prompts_uri, columns=["id", "messages", "split"]).map_batches(
+        _training_splits, batch_format="pyarrow", num_cpus=0.1
+    )
+    kept = dataflow.join(passed, prompts, on=("id",), rows=rows).map_batches(
+        _sft_rows, batch_format="pyarrow", num_cpus=0.1
+    ).materialize()  # fmt: skip
+    counts = {}
+    for split in SFT_SPLITS:
+        part = kept.map_batches(_only_split, fn_kwargs={"split": split}, batch_format="pyarrow", num_cpus=0.1)
+        storage.write_dataset(part, storage.join(out, split), schema=SFT_SCHEMA)
+        counts[split] = storage.count_rows(storage.join(out, split))
+    answered = storage.count_rows(ResponseStore(context.dir("generate")).answers_uri)
+    log.info("filter: kept %s of %d answers", counts, answered)
+    return {"kept": counts, "answers": answered}
+
+
+def _passed(batch: pa.Table, min_score: float) -> pa.Table:
+    ok = pc.and_(pc.is_null(batch["error"]), pc.greater_equal(pc.fill_null(batch["score"], 0.0), min_score))
+    return batch.filter(ok).drop_columns(["error", "score"])
+
+
+def _training_splits(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_in(batch["split"], value_set=pa.array(SFT_SPLITS)))
+
+
+def _only_split(batch: pa.Table, split: str) -> pa.Table:
+    return batch.filter(pc.equal(batch["split"], split)).select(SFT_SCHEMA.names)
+
+
+def _sft_rows(batch: pa.Table) -> pa.Table:
+    rows = [
+        {"id": row["id"], "split": row["split"], "top_logprobs": row["top_logprobs"],
+         "messages": [*row["messages"], {"role": "assistant", "content": row["response"] or ""}]}
+        for row in batch.to_pylist()
+    ]  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=SFT_SCHEMA.append(pa.field("split", pa.string())))

@@ -1,0 +1,44 @@
+"""The train stage: the student learns from the filtered answers -> student/.
+
+Ray Train + DeepSpeed (kdist.train). Training resumes inside the stage from its checkpoints
+under `--resume`. Model files need a local directory: with an object-storage `output_dir` the
+stage trains into a local work directory and uploads `student/` when training is done.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kdist import storage
+from kdist.llm.models import local_model
+from kdist.stages import StageContext
+
+WORK_DIR = Path(tempfile.gettempdir()) / "kdist-train"
+
+
+def run(context: StageContext) -> dict[str, Any]:
+    from kdist.train.loop import TrainSpec
+    from kdist.train.trainer import run_training
+
+    config = context.config
+    out = context.dir("train")
+    local_out = Path(out) if storage.is_local(out) else WORK_DIR / config.run.name / "student"
+    sft = context.dir("filter")
+    spec = TrainSpec(
+        model_dir=local_model(config.student.model),
+        train_path=storage.join(sft, "train"),
+        eval_path=storage.join(sft, "validation"),
+        out_dir=str(storage.filesystem_for(str(local_out))[1]),
+        train=config.train.model_dump(mode="json"),
+        seed=config.run.seed,
+        label="student",
+        teacher_model_dir=local_model(config.teacher.model),
+        prompts_path=context.dir("prepare"),
+        resume=context.resume,
+    )
+    result = run_training(spec)
+    if not storage.is_local(out):
+        storage.upload_dir(local_out, out)
+    return result
