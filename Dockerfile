@@ -60,7 +60,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache/huggingface
 
-# The RayJob entrypoints (python /opt/kdist/ray_jobs/<stage>.py) and the example configs.
+# The RayJob entrypoints (python /opt/kdist/ray_jobs/job.py <stage>) and the example configs.
 WORKDIR /opt/kdist
 COPY ray_jobs ./ray_jobs
 COPY configs ./configs

@@ -39,6 +39,12 @@ install:
 clean-runs:
 	rm -rf runs/
 
+# The chart's stage list comes from the stage registry (kdist/stages/__init__.py); a test
+# checks the committed schema is current.
+.PHONY: chart-stages
+chart-stages: $(TEST_STAMP)
+	$(PY) -m kdist.k8s.chart_values helm/kdist/values.schema.json
+
 # Files derived from configs/demo.yaml (tests check they are current): the chart's default
 # config and the plain RayJob manifest.
 .PHONY: sync-demo-config

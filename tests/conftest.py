@@ -43,3 +43,34 @@ def local_ray():
 
         ray.data.DataContext.get_current().enable_progress_bars = False
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A loopback S3 server for the session, and the environment that points clients at it
+    (set for this process, so local Ray workers started later inherit it)."""
+    from support import s3
+
+    with s3.s3_server() as url:
+        previous = s3.apply(s3.s3_environment(url))
+        try:
+            yield url
+        finally:
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request) -> str:
+    """A fresh bucket per test, as an s3:// URI."""
+    import re
+    import uuid
+
+    from support import s3
+
+    name = re.sub(r"[^a-z0-9-]", "-", f"t-{uuid.uuid4().hex[:8]}-{request.node.name.lower()}")[:60].strip("-")
+    s3.create_bucket(s3_endpoint, name)
+    return f"s3://{name}"

@@ -6,6 +6,7 @@ import yaml
 from kdist.config import ConfigError, config_to_yaml, load_config, redacted, validate_config
 
 MINIMAL = {"teacher": {"model": "t"}, "student": {"model": "s"}}
+REMOTE = {"kind": "openai", "model": "t", "endpoint": "https://api.example.com/v1"}
 
 
 def write(tmp_path: Path, data: dict) -> Path:
@@ -22,7 +23,7 @@ def test_minimal_config_gets_defaults():
 
 
 def test_typo_key_names_the_dotted_path_and_suggests(tmp_path):
-    path = write(tmp_path, {**MINIMAL, "teacher": {"model": "t", "concurency": 4}})
+    path = write(tmp_path, {**MINIMAL, "teacher": {**REMOTE, "concurency": 4}})
     with pytest.raises(ConfigError) as err:
         load_config(path)
     message = str(err.value)
@@ -35,7 +36,7 @@ def test_wrong_type_and_range_are_reported_with_path():
     with pytest.raises(ConfigError, match=r"'train\.zero_stage'.*less than or equal to 3"):
         validate_config({**MINIMAL, "train": {"zero_stage": 4}})
     with pytest.raises(ConfigError, match=r"'teacher\.concurrency'"):
-        validate_config({**MINIMAL, "teacher": {"model": "t", "concurrency": "many"}})
+        validate_config({**MINIMAL, "teacher": {**REMOTE, "concurrency": "many"}})
 
 
 def test_missing_required_section():
@@ -50,12 +51,12 @@ def test_unknown_key_inside_tagged_union_names_user_path():
 
 
 def test_remote_teacher_needs_endpoint():
-    with pytest.raises(ConfigError, match="endpoint is required"):
+    with pytest.raises(ConfigError, match="missing required key .teacher.endpoint."):
         validate_config({**MINIMAL, "teacher": {"model": "gpt", "kind": "openai"}})
 
 
 def test_dotted_overrides_are_parsed_as_yaml(tmp_path):
-    path = write(tmp_path, MINIMAL)
+    path = write(tmp_path, {**MINIMAL, "teacher": REMOTE})
     config = load_config(path, ["teacher.concurrency=32", "train.lora.target_modules=[q_proj,v_proj]"])
     assert config.teacher.concurrency == 32
     assert config.train.lora.target_modules == ["q_proj", "v_proj"]
@@ -67,7 +68,7 @@ def test_malformed_override_is_a_config_error(tmp_path):
 
 
 def test_saved_config_keeps_env_var_names_and_redacts_secret_values():
-    config = validate_config({**MINIMAL, "teacher": {"model": "t", "api_key_env": "OPENAI_API_KEY"}})
+    config = validate_config({**MINIMAL, "teacher": {**REMOTE, "api_key_env": "OPENAI_API_KEY"}})
     assert "api_key_env: OPENAI_API_KEY" in config_to_yaml(config)
     nested = {"headers": {"Authorization": "Bearer sk-123", "X-Trace": "1"}, "api_key": "sk-456"}
     cleaned = redacted(nested)
@@ -79,3 +80,25 @@ def test_invalid_yaml_is_one_line(tmp_path):
     path.write_text("teacher: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("teacher", "message"),
+    [
+        ({**REMOTE, "tensor_parallel_size": 4}, "'teacher.tensor_parallel_size' is not a setting of kind 'openai' (it belongs to kind vllm); allowed: "),
+        ({"model": "t", "concurrency": 8}, "'teacher.concurrency' is not a setting of kind 'hf' (it belongs to kind openai, azure); allowed: "),
+        ({"kind": "vllm", "model": "t", "endpoint": "http://x"}, "'teacher.endpoint' is not a setting of kind 'vllm' (it belongs to kind openai, azure)"),
+        ({"kind": "triton", "model": "t"}, "'teacher.kind': Input tag 'triton' found using 'kind' does not match any of the expected tags: 'hf', 'openai', 'azure', 'vllm'"),
+        ({"kind": "azure", "model": "t"}, "missing required key 'teacher.endpoint'"),
+    ],
+)
+def test_an_endpoint_field_of_another_kind_names_the_field_and_the_kind(teacher, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config({**MINIMAL, "teacher": teacher})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_unquoted_api_version_is_the_string_the_user_wrote(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("teacher: {kind: azure, model: m, endpoint: 'https://x', api_version: 2024-10-21}\nstudent: {model: s}\n")
+    assert load_config(path).teacher.api_version == "2024-10-21"

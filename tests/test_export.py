@@ -9,9 +9,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from kdist.cli import main
-from kdist.data.prepare import PROMPTS_FILE
-from kdist.generate import RESPONSES_FILE
-from kdist.responses_store import ShardStore, new_run_id
+from kdist.llm.store import ResponseStore, new_run_id
 from kdist.rows import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
 
@@ -22,14 +20,14 @@ def test_export_writes_only_successful_parsed_answers_per_split(tmp_path, capsys
         for split in ("train", "validation") for i in range(3)
     ]  # fmt: skip
     (run / "prompts").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), run / "prompts" / PROMPTS_FILE)
-    statuses = {"0": ("B", None, "ok"), "1": (None, "content_filter: filtered", "error"), "2": ("maybe", None, "unparsable")}
+    pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), run / "prompts" / "part-0.parquet")
+    statuses = {"0": ("B", None), "1": (None, "content_filter: filtered"), "2": ("maybe", None)}
     responses = [
-        {"id": p["id"], "request_hash": p["id"], "teacher": "t", "response": statuses[p["id"][-1]][0],
-         "error": statuses[p["id"][-1]][1], "parse_status": statuses[p["id"][-1]][2], "attempts": 1}
+        {"id": p["id"], "candidate": "teacher", "request_hash": p["id"], "model": "t", "response": statuses[p["id"][-1]][0],
+         "error": statuses[p["id"][-1]][1], "attempts": 1}
         for p in prompts
     ]  # fmt: skip
-    ShardStore(str(run / "responses" / RESPONSES_FILE)).write_shard(pa.Table.from_pylist(responses, schema=RESPONSE_SCHEMA), new_run_id())
+    ResponseStore(str(run / "responses")).write_shard(pa.Table.from_pylist(responses, schema=RESPONSE_SCHEMA), new_run_id())
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"run": {"output_dir": str(run)}, "teacher": {"model": "t"}, "student": {"model": "s"}}))
 

@@ -76,3 +76,23 @@ def group_values(group: PodGroupSection) -> dict[str, Any]:
 
 def pvc_values(claim: str | None) -> dict[str, Any]:
     return {"enabled": bool(claim), "existingClaim": claim or ""}
+
+
+def with_registry_stages(schema_text: str) -> str:
+    """The chart's values.schema.json with its `stage` enum set from the stage registry ("":
+    the chart picks demo or run). `make chart-stages` writes it; a test checks it is current."""
+    import json
+
+    from kdist.stages import JOB_COMMANDS
+
+    schema = json.loads(schema_text)
+    schema["properties"]["stage"]["enum"] = ["", *JOB_COMMANDS]
+    return json.dumps(schema, indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.argv[1])
+    path.write_text(with_registry_stages(path.read_text()))

@@ -11,7 +11,8 @@ import yaml
 from kdist.cli import add_config_args
 from kdist.errors import UsageError
 from kdist.k8s.chart_values import chart_values
-from kdist.k8s.rayjob import STAGES, build_configmap, build_rayjob, check_name, job_name
+from kdist.k8s.rayjob import build_configmap, build_rayjob, check_name, job_name
+from kdist.stages import JOB_COMMANDS
 from kdist.k8s.shipped_config import ShippedConfig, load_shipped_config
 
 FAILED = 1
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--name", help="RayJob name (default: from run.name)")
     submit.add_argument(
         "--stage",
-        choices=STAGES,
+        choices=JOB_COMMANDS,
         help="what the job runs (default: demo for a demo config, else run)",
     )
     submit.add_argument("--namespace", "-n", help="overrides cluster.namespace")

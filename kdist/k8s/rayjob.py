@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from kdist.config import ClusterSection, PodGroupSection, ResourcesSection, RunConfig
+from kdist.stages import JOB_COMMANDS
 from kdist.k8s.shipped_config import ShippedConfig
 
 API_VERSION = "ray.io/v1"
@@ -25,7 +26,6 @@ CACHE_DIR = "/cache"
 OUTPUTS_DIR = "/outputs"
 # Non-root uid/gid of the image's user (Dockerfile), also the owner of mounted volumes.
 RUN_AS = 1000
-STAGES = ("run", "prepare", "generate", "judge", "filter", "train", "evaluate", "demo")
 # KubeRay's name for the submitter container (the first container of the submitter pod).
 SUBMITTER_CONTAINER = "ray-job-submitter"
 # The submitter runs `ray job submit` and then `ray job logs --follow`: one small Python
@@ -65,9 +65,9 @@ def output_dir(cluster: ClusterSection, name: str, config: RunConfig) -> str:
 
 
 def entrypoint(stage: str, name: str, config: RunConfig) -> str:
-    if stage not in STAGES:
-        raise ValueError(f"stage '{stage}' is not one of: {', '.join(STAGES)}")
-    command = f"python {APP_DIR}/ray_jobs/{stage}.py --config {CONFIG_DIR}/{CONFIG_FILE}"
+    if stage not in JOB_COMMANDS:
+        raise ValueError(f"stage '{stage}' is not one of: {', '.join(JOB_COMMANDS)}")
+    command = f"python {APP_DIR}/ray_jobs/job.py {stage} --config {CONFIG_DIR}/{CONFIG_FILE}"
     if config.cluster.outputs_pvc:
         command += f" run.output_dir={output_dir(config.cluster, name, config)}"
     return command

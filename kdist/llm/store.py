@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kdist import storage
+from kdist.errors import UsageError
 from kdist.rows import RESPONSE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -158,11 +159,18 @@ class ResponseStore:
         tables = [pq.read_table(path, filesystem=self.fs, schema=REQUEST_INDEX_SCHEMA) for path in paths]
         if not tables:
             return REQUEST_INDEX_SCHEMA.empty_table()
-        # A retried Ray task may have recorded a block twice: one row per key.
-        table = pa.concat_tables(tables)
-        return table.group_by(["id", "candidate"], use_threads=False).aggregate([("request_hash", "last")]).rename_columns(
-            ["id", "candidate", "request_hash"]
+        # A retried Ray task may have recorded a block twice: one row per key. One key asked
+        # with two different requests, though, means two source rows share an id.
+        grouped = pa.concat_tables(tables).group_by(["id", "candidate"], use_threads=False).aggregate(
+            [("request_hash", "last"), ("request_hash", "count_distinct")]
         )
+        repeated = grouped.filter(pc.greater(grouped["request_hash_count_distinct"], 1))
+        if repeated.num_rows:
+            raise UsageError(
+                f"id '{repeated['id'][0]}' names {repeated['request_hash_count_distinct'][0]} different prompts "
+                f"({repeated.num_rows} ids repeated); ids must be unique"
+            )
+        return grouped.select(["id", "candidate", "request_hash_last"]).rename_columns(["id", "candidate", "request_hash"])
 
     # --- compaction ------------------------------------------------------------------------
 

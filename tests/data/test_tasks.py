@@ -38,3 +38,12 @@ def test_synthetic_is_seeded_and_answers_are_right():
 def test_answer_letters_are_spread_over_positions():
     answers = [q.answer for _, _, q in synthetic.generate({"train": 500}, seed=0)]
     assert all(answers.count(letter) > 60 for letter in "ABCDE")
+
+
+def test_parse_answer_uses_the_prompts_choices():
+    from kdist.data.tasks import parse_answer
+
+    meta = '{"choices": ["a", "b", "c"]}'
+    assert parse_answer("multiple_choice", meta, "The answer is c") == "C"
+    assert parse_answer("multiple_choice", meta, "E") is None  # only three choices
+    assert parse_answer("multiple_choice", meta, None) is None

@@ -185,12 +185,12 @@ def test_lifecycle_defaults_do_not_leak_clusters(chart):
     assert spec["backoffLimit"] == 0
     # The default config is the offline demo, so the default stage is the demo.
     assert spec["entrypoint"] == (
-        f"python /opt/kdist/ray_jobs/demo.py --config /etc/kdist/config.yaml"
+        f"python /opt/kdist/ray_jobs/job.py demo --config /etc/kdist/config.yaml"
         f" run.output_dir=/outputs/{RELEASE}"
     )
     with_config = {"config": {"teacher": {"model": "t"}, "student": {"model": "s"}}}
     entrypoint = one(objects(chart, with_config), "RayJob")["spec"]["entrypoint"]
-    assert entrypoint.startswith("python /opt/kdist/ray_jobs/run.py ")
+    assert entrypoint.startswith("python /opt/kdist/ray_jobs/job.py run ")
 
 
 def test_eight_gpus_are_requested_and_limited(chart):
@@ -323,7 +323,7 @@ def test_autoscaling_enables_the_ray_autoscaler_within_bounds(chart):
     worker = cluster["workerGroupSpecs"][0]
     assert (worker["minReplicas"], worker["maxReplicas"]) == (0, 8)
     assert spec["entrypoint"] == (
-        "python /opt/kdist/ray_jobs/generate.py --config /etc/kdist/config.yaml"
+        "python /opt/kdist/ray_jobs/job.py generate --config /etc/kdist/config.yaml"
     )
     # The autoscaler beside the head talks to the API; nothing else gets a token.
     assert cluster["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] is True
@@ -457,3 +457,10 @@ def test_chart_renders_the_same_rayjob_as_kdist_submit(chart, case, stage):
         expected["data"]["config.yaml"]
     )
     assert validate_config(yaml.safe_load(configmap["data"]["config.yaml"])) == config
+
+
+def test_the_chart_stage_list_is_the_stage_registry():
+    from kdist.k8s.chart_values import with_registry_stages
+
+    text = (CHART / "values.schema.json").read_text()
+    assert with_registry_stages(text) == text, "run `make chart-stages`"

@@ -142,7 +142,7 @@ def test_ray_job_submit_runs_the_demo_and_outputs_land(ray_head, tmp_path):
         [str(BIN / "ray"), "job", "submit", "--address", address,
          "--submission-id", submission,
          "--working-dir", str(ROOT), "--runtime-env", str(ROOT / "ray_jobs/runtime_env.yaml"),
-         "--", "python", "ray_jobs/demo.py", "--config", "configs/demo.yaml",
+         "--", "python", "ray_jobs/job.py", "demo", "--config", "configs/demo.yaml",
          f"run.output_dir={outputs}", *SMALL_DEMO],
         env=env, capture_output=True, text=True, timeout=540, cwd=tmp_path,
     )

@@ -318,4 +318,4 @@ def test_a_demo_config_runs_the_demo_stage_by_default(capsys):
     code, out, _ = kdist(capsys, "submit", "-c", str(demo_config), "--dry-run")
     assert code == 0
     _, rayjob = yaml.safe_load_all(out)
-    assert rayjob["spec"]["entrypoint"].startswith("python /opt/kdist/ray_jobs/demo.py ")
+    assert rayjob["spec"]["entrypoint"].startswith("python /opt/kdist/ray_jobs/job.py demo ")

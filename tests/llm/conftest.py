@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kdist.teachers.base import ChatRequest, request_hash
+from kdist.llm.base import ChatRequest, request_hash
 from kdist.testing.llm_server import LLMServer, ServerSettings
 
 

@@ -12,13 +12,14 @@ from collections import Counter
 
 import pytest
 
-from kdist.config import TeacherSection
-from kdist.teachers.azure import AzureTeacher
-from kdist.teachers.openai import OpenAITeacher
-from kdist.teachers.remote import error_reason
+from kdist.endpoints import AzureEndpoint, OpenAIEndpoint
+from kdist.llm.azure import AzureBackend
+from kdist.llm.openai import OpenAIBackend
+from kdist.llm.remote import error_reason
 from kdist.testing.llm_server import FaultPlan, LLMServer, ServerSettings, message_key
 
-BACKENDS = {"openai": OpenAITeacher, "azure": AzureTeacher}
+BACKENDS = {"openai": OpenAIBackend, "azure": AzureBackend}
+ENDPOINTS = {"openai": OpenAIEndpoint, "azure": AzureEndpoint}
 
 
 def make_teacher(kind: str, server: LLMServer, **fields):
@@ -26,8 +27,8 @@ def make_teacher(kind: str, server: LLMServer, **fields):
     fields.setdefault("api_key_env", "TEST_TEACHER_KEY")
     endpoint = server.openai_base_url if kind == "openai" else server.base_url
     defaults = dict(backoff_initial_s=0.01, backoff_max_s=0.2, timeout_s=5.0, concurrency=16)
-    section = TeacherSection(kind=kind, model="test-model", endpoint=endpoint, **{**defaults, **fields})
-    return BACKENDS[kind](section)
+    config = ENDPOINTS[kind](model="test-model", endpoint=endpoint, **{**defaults, **fields})
+    return BACKENDS[kind](config)
 
 
 @pytest.fixture(params=sorted(BACKENDS))

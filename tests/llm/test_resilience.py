@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kdist.teachers.resilience import RateLimits, failure_for_status, retry_after_seconds
+from kdist.llm.resilience import RateLimits, failure_for_status, retry_after_seconds
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kdist.config import TeacherSection
-from kdist.teachers.azure import AzureTeacher
-from kdist.teachers.openai import OpenAITeacher
+from kdist.endpoints import AzureEndpoint, OpenAIEndpoint, RemoteEndpoint
+from kdist.llm.azure import AzureBackend
+from kdist.llm.openai import OpenAIBackend
 
 pytestmark = pytest.mark.slow
 
@@ -75,15 +75,15 @@ def _wait_healthy(url: str, process: subprocess.Popen, log_path, timeout_s: floa
     pytest.fail(f"vLLM server not healthy after {timeout_s} s:\n{log_path.read_text()[-3000:]}")
 
 
-def _section(kind: str, endpoint: str, **fields) -> TeacherSection:
-    return TeacherSection(
-        kind=kind, model="tiny", endpoint=endpoint, api_key_env=KEY_ENV, concurrency=8, timeout_s=60,
+def _section(kind: str, endpoint: str, **fields) -> RemoteEndpoint:
+    return {"openai": OpenAIEndpoint, "azure": AzureEndpoint}[kind](
+        model="tiny", endpoint=endpoint, api_key_env=KEY_ENV, concurrency=8, timeout_s=60,
         sampling={"max_tokens": 4, "top_logprobs": 3},
         request_extras={"return_tokens_as_token_ids": True}, **fields,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", [OpenAITeacher, AzureTeacher], ids=["openai", "azure"])
+@pytest.mark.parametrize("backend", [OpenAIBackend, AzureBackend], ids=["openai", "azure"])
 def test_vllm_server_answers_with_usage_and_token_id_logprobs(backend, vllm_server, make_requests, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SERVER_KEY)
     teacher = backend(_section(backend.kind, vllm_server))
@@ -102,7 +102,7 @@ def test_vllm_server_answers_with_usage_and_token_id_logprobs(backend, vllm_serv
         assert all(value <= 0.0 for value in step["logprobs"])
 
 
-@pytest.mark.parametrize("backend", [OpenAITeacher, AzureTeacher], ids=["openai", "azure"])
+@pytest.mark.parametrize("backend", [OpenAIBackend, AzureBackend], ids=["openai", "azure"])
 def test_vllm_server_wrong_key_is_an_auth_error_row_not_retried(backend, vllm_server, make_requests, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "not-the-key")
     teacher = backend(_section(backend.kind, vllm_server))

@@ -1,5 +1,5 @@
 """The vllm backend through Ray Data on CPU (vLLM's CPU build, a tiny offline model), driven by
-the generate stage: every prompt answered once, with usage and top-k logprobs as token ids."""
+the generate stage through the batch-inference layer: every prompt answered once, with usage and top-k logprobs as token ids."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdist.config import RunConfig
-from kdist.generate import RESPONSES_FILE, run_generate
+from kdist.llm.vllm import top_logprobs_from_vllm
 from kdist.rows import PROMPT_SCHEMA
 from kdist.runtime import ray_session
-from kdist.teachers.vllm import top_logprobs_from_vllm
+from kdist.stages import BY_NAME, StageContext
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,8 @@ def test_generate_stage_with_the_vllm_backend(tiny_model_dir, make_requests, tmp
         {"id": r.id, "task": "multiple_choice", "messages": r.messages, "reference": None, "split": "train", "meta": '{"choices": ["red", "green", "blue"]}'}
         for r in requests
     ]  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), tmp_path / "prompts.parquet")
+    (tmp_path / "prompts").mkdir()
+    pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), tmp_path / "prompts" / "part-0.parquet")
     section = {
         "kind": "vllm", "model": str(tiny_model_dir), "batch_size": 16, "replicas": 1, "splits": ["train"],
         "sampling": {"max_tokens": 4, "top_logprobs": 2}, "engine_kwargs": {"max_model_len": 128, "dtype": "float32"},
@@ -36,13 +37,12 @@ def test_generate_stage_with_the_vllm_backend(tiny_model_dir, make_requests, tmp
     }  # fmt: skip
     config = RunConfig(teacher=section, student={"model": "unused"}, runtime={"num_cpus": 2, "log_to_driver": False})
     with ray_session(config):
-        summary = run_generate(config, tmp_path / "prompts.parquet", tmp_path / "responses")
-    rows = pq.read_table(tmp_path / "responses" / RESPONSES_FILE).to_pylist()
+        summary = BY_NAME["generate"].run(StageContext(config, str(tmp_path)))
+    rows = pq.read_table(tmp_path / "responses" / "answers").to_pylist()
     assert sorted(row["id"] for row in rows) == sorted(r.id for r in requests)
     assert summary["done"] == 40 and summary["failed"] == {}
     for row in rows:
-        assert row["error"] is None and row["teacher"] == f"vllm:{tiny_model_dir}"
-        assert row["parse_status"] in ("ok", "unparsable")  # a random-weight model answers anything
+        assert row["error"] is None and row["model"] == f"vllm:{tiny_model_dir}" and row["candidate"] == "teacher"
         assert row["prompt_tokens"] > 5 and 1 <= row["completion_tokens"] <= 4
         assert len(row["top_logprobs"]) == row["completion_tokens"]
         assert len(row["top_logprobs"][0]["token_ids"]) == 2

@@ -9,18 +9,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from kdist.config import RunConfig
-from kdist.data.prepare import prompt_rows
 from kdist.export import export_chat_jsonl
-from kdist.generate import RESPONSES_FILE, GenerationFailed, run_generate
-from kdist.rows import PROMPT_SCHEMA
+from kdist.llm.remote import error_reason
 from kdist.runtime import ray_session
-from kdist.teachers.remote import error_reason
+from kdist.stages import BY_NAME, StageContext
+from kdist.stages.generate import GenerationFailed
 from kdist.testing.llm_server import FaultPlan, LLMServer, ServerSettings, message_key
+from support.prompts import synthetic_prompts, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +33,8 @@ PLAN = FaultPlan(
 PERMANENT_REASON = {"content_filter": "content_filter", "bad_request": "bad_request"}
 
 
-def _write_prompts(path) -> list[dict]:
-    data = {"source": {"kind": "synthetic_mc", "teacher_train": 0, "train": ROWS, "validation": 1, "test": 1}}
-    from kdist.config import DataSection
-
-    rows = list(prompt_rows(DataSection(**data), seed=0))
-    pq.write_table(pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA), path)
-    return [row for row in rows if row["split"] == "train"]
+def run_generate(config: RunConfig, run_dir) -> dict:
+    return BY_NAME["generate"].run(StageContext(config, str(run_dir)))
 
 
 def _config(endpoint: str, min_success_ratio: float) -> RunConfig:
@@ -55,8 +49,9 @@ def _config(endpoint: str, min_success_ratio: float) -> RunConfig:
 
 def test_fault_mix_then_rerun(tmp_path, monkeypatch):
     monkeypatch.setenv("KDIST_TEST_KEY", "k")
-    prompts_path, out_dir = tmp_path / "prompts.parquet", tmp_path / "responses"
-    prompts = _write_prompts(prompts_path)
+    prompts = synthetic_prompts({"train": ROWS, "validation": 1})
+    prompts_path, out_dir = write_prompts(tmp_path, prompts), tmp_path / "responses"
+    prompts = [row for row in prompts if row["split"] == "train"]
     keys = {p["id"]: message_key(p["messages"]) for p in prompts}
     faults = {row_id: PLAN.fault_for(key, 1) for row_id, key in keys.items()}
     permanent = {i for i, f in faults.items() if f in PERMANENT_REASON}
@@ -64,10 +59,10 @@ def test_fault_mix_then_rerun(tmp_path, monkeypatch):
     assert 0.27 < len(transient) / ROWS < 0.33 and len(permanent) > 50
 
     with LLMServer(ServerSettings(faults=PLAN)) as server, ray_session(_config(server.openai_base_url, 0.9)):
-        summary = run_generate(_config(server.openai_base_url, 0.9), prompts_path, out_dir)
+        summary = run_generate(_config(server.openai_base_url, 0.9), tmp_path)
         first_counts = server.stats()["requests"]
 
-        table = pq.read_table(out_dir / RESPONSES_FILE)
+        table = pq.read_table(out_dir / "answers")
         rows = {row["id"]: row for row in table.to_pylist()}
         assert table.num_rows == ROWS == len(rows)  # every row once, no duplicates
         assert set(rows) == set(keys)
@@ -75,13 +70,13 @@ def test_fault_mix_then_rerun(tmp_path, monkeypatch):
             assert first_counts[keys[row_id]] == row["attempts"], row_id  # each attempt seen once
             if row_id in permanent:
                 assert error_reason(row["error"]) == PERMANENT_REASON[faults[row_id]]
-                assert (row["status"], row["attempts"], row["parse_status"]) == (400, 1, "error")
+                assert (row["status"], row["attempts"], row["response"]) == (400, 1, None)
             else:
-                assert row["error"] is None and row["answer"] in "ABCDE" and row["parse_status"] == "ok"
+                assert row["error"] is None and row["response"] in "ABCDE" and row["candidate"] == "teacher"
                 assert row["attempts"] == PLAN.failing_attempts(keys[row_id]) + 1
         assert summary["done"] == ROWS - len(permanent)
         assert summary["failed"] == dict(Counter(PERMANENT_REASON[faults[i]] for i in permanent))
-        assert (summary["missing"], summary["duplicates"]) == (0, 0)
+        assert (summary["requests"], summary["missing"], summary["duplicates_dropped"]) == (ROWS, 0, 0)
         assert summary["this_run"]["retried"] == len(transient)
         assert summary["estimated_cost"] == pytest.approx(
             (summary["prompt_tokens"] * 2.5 + summary["completion_tokens"] * 10.0) / 1e6, abs=1e-6
@@ -89,12 +84,12 @@ def test_fault_mix_then_rerun(tmp_path, monkeypatch):
 
         # A stricter minimum fails the run (non-zero exit); the rerun asks only the failed rows.
         with pytest.raises(GenerationFailed, match="min_success_ratio"):
-            run_generate(_config(server.openai_base_url, 0.99), prompts_path, out_dir)
+            run_generate(_config(server.openai_base_url, 0.99), tmp_path)
         second_counts = server.stats()["requests"]
 
     asked_again = {i for i in keys if second_counts[keys[i]] != first_counts.get(keys[i], 0)}
     assert asked_again == permanent
-    table = pq.read_table(out_dir / RESPONSES_FILE)
+    table = pq.read_table(out_dir / "answers")
     assert table.num_rows == ROWS == len(set(table["id"].to_pylist()))
     saved = json.loads((out_dir / "summary.json").read_text())
     assert saved["this_run"]["requested"] == len(permanent)
@@ -102,9 +97,9 @@ def test_fault_mix_then_rerun(tmp_path, monkeypatch):
     # The output is plain Parquet for `datasets`, and exports as chat JSONL.
     import datasets
 
-    loaded = datasets.load_dataset("parquet", data_files=str(out_dir / RESPONSES_FILE / "*.parquet"), split="train")
+    loaded = datasets.load_dataset("parquet", data_files=str(out_dir / "answers" / "*.parquet"), split="train")
     assert loaded.num_rows == ROWS
-    counts = export_chat_jsonl(str(prompts_path), str(out_dir / RESPONSES_FILE), str(tmp_path / "export"), ["train"])
+    counts = export_chat_jsonl(str(prompts_path), str(out_dir), str(tmp_path / "export"), ["train"])
     assert counts == {"train": ROWS - len(permanent)}
     first = json.loads((tmp_path / "export" / "train.jsonl").read_text().splitlines()[0])
     assert [m["role"] for m in first["messages"]] == ["user", "assistant"]

@@ -11,16 +11,13 @@ import sys
 import time
 from collections import Counter
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from kdist.config import DataSection
-from kdist.data.prepare import PROMPTS_FILE, prompt_rows
-from kdist.generate import BATCHES_PER_BLOCK, RESPONSES_FILE, TASKS_PER_ACTOR
-from kdist.rows import PROMPT_SCHEMA
+from kdist.llm.batch import BATCHES_PER_BLOCK, TASKS_PER_ACTOR
 from kdist.testing.llm_server import LLMServer, ServerSettings, message_key
+from support.prompts import synthetic_prompts, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +62,10 @@ def _wait_quiet(server: LLMServer, seconds: float = 2.0) -> None:
 
 def test_kill_9_then_rerun(tmp_path):
     run_dir = tmp_path / "run"
-    rows = list(prompt_rows(DataSection(source={"kind": "synthetic_mc", "teacher_train": 0, "train": ROWS, "validation": 1, "test": 1}), 0))
-    (run_dir / "prompts").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA), run_dir / "prompts" / PROMPTS_FILE)
+    rows = synthetic_prompts({"train": ROWS, "validation": 1})
+    write_prompts(run_dir, rows)
     keys = {row["id"]: message_key(row["messages"]) for row in rows if row["split"] == "train"}
-    shards_dir = run_dir / "responses" / RESPONSES_FILE
+    shards_dir = run_dir / "responses" / "answers"
     log_path = tmp_path / "generate.log"
 
     with LLMServer(ServerSettings(latency_s=0.05)) as server:
