@@ -37,6 +37,7 @@ def run(context: StageContext) -> dict[str, Any]:
         teacher_model_dir=local_model(config.teacher.model),
         prompts_path=context.dir("prepare"),
         resume=context.resume,
+        chat_template=config.student.chat_template,
     )
     result = run_training(spec)
     if not storage.is_local(out):
