@@ -2,7 +2,8 @@
 
 argparse gives `--help` on every subcommand and exits 2 on usage errors; config errors
 (ConfigError) also exit 2 with one line. Each area of kdist registers its own subcommands
-through a `register(subparsers)` function, so this module stays a thin index.
+through a `register(subparsers)` function in this package (kdist/cli/), so this module stays
+a thin index. The library never imports the CLI.
 """
 
 from __future__ import annotations
@@ -12,25 +13,12 @@ import logging
 import sys
 from collections.abc import Callable
 
-from kdist.config import ConfigError, RunConfig, load_config
+from kdist.cli.common import add_config_args, config_from_args
+from kdist.config import ConfigError
 from kdist.errors import StageFailed, UsageError, one_line_cause
 from kdist.stages import STAGE_NAMES, STAGES
 
 USAGE_ERROR = 2
-
-
-def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--config", "-c", required=required, help="run config (YAML)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="dotted overrides applied on top of the config, e.g. teacher.concurrency=32",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    return load_config(args.config, args.overrides)
 
 
 def _stage_command(stage: str) -> Callable[[argparse.Namespace], int]:
@@ -111,11 +99,9 @@ def _add_resume(parser: argparse.ArgumentParser) -> None:
 
 def _extra_registrations() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands that live with their own area of kdist."""
-    from kdist import export
-    from kdist.k8s import commands as k8s_commands  # here: it imports add_config_args from us
+    from kdist.cli import export, k8s
 
-    registrations: list[Callable[[argparse._SubParsersAction], None]] = [k8s_commands.register, export.register]
-    return registrations
+    return [k8s.register, export.register]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +123,3 @@ def main(argv: list[str] | None = None) -> int:
         prefix = "config error: " if isinstance(cause, ConfigError) else ""
         print(f"kdist: {prefix}{str(cause).splitlines()[0]}", file=sys.stderr)
         return 1 if isinstance(cause, StageFailed) else USAGE_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

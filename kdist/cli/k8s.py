@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from kdist.cli import add_config_args
+from kdist.cli.common import add_config_args
 from kdist.errors import UsageError
 from kdist.k8s.chart_values import chart_values
 from kdist.k8s.rayjob import build_configmap, build_rayjob, check_name, job_name
