@@ -2,7 +2,7 @@
 (transformers generate in Ray Data actors), same prompts, same tiny offline model, one run.
 
 Two figures per backend:
-- end to end: kdist's generate stage (kdist.generate.run_generate), model load / engine start
+- end to end: kdist's generate stage (kdist.stages.generate), model load / engine start
   included; with a few hundred prompts start-up dominates, so this is not a rate to scale by;
 - generation: generated tokens over the time the model spent generating, start-up excluded.
   hf: from the first batch's start to the last batch's end in its actors; vllm: the longest
@@ -51,13 +51,14 @@ def teacher_section(kind: str, model: Path, args: argparse.Namespace) -> dict[st
     return teacher
 
 
-def end_to_end(kind: str, model: Path, prompts: Path, out: Path, args: argparse.Namespace) -> tuple[float, int]:
+def end_to_end(kind: str, model: Path, out: Path, args: argparse.Namespace) -> tuple[float, int]:
     from kdist.config import RunConfig
-    from kdist.generate import run_generate
+    from kdist.stages import BY_NAME, StageContext
 
     config = RunConfig(teacher=teacher_section(kind, model, args), student={"model": "unused"})
     start = time.perf_counter()
-    summary = run_generate(config, prompts, out)
+    # The stage reads <root>/prompts and writes <root>/responses.
+    summary = BY_NAME["generate"].run(StageContext(config, str(out)))
     return time.perf_counter() - start, summary["completion_tokens"]
 
 
@@ -65,13 +66,13 @@ class _TimedHF:
     """The hf backend in a Ray Data actor, timing each batch (model load excluded)."""
 
     def __init__(self, model: str, sampling: dict[str, Any]) -> None:
-        from kdist.config import SamplingSection
-        from kdist.teachers.hf import HFTeacher
+        from kdist.endpoints import HFEndpoint
+        from kdist.llm.hf import HFBackend
 
-        self.teacher = HFTeacher(model, SamplingSection(**sampling))
+        self.teacher = HFBackend(HFEndpoint(model=model, sampling=sampling))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from kdist.teachers.base import ChatRequest
+        from kdist.llm.base import ChatRequest
 
         requests = [ChatRequest(id=str(i), messages=list(m), request_hash="") for i, m in zip(batch["id"], batch["messages"])]
         start = time.time()
@@ -84,9 +85,10 @@ def generation_rate(kind: str, model: Path, prompts: Path, args: argparse.Namesp
     import ray
     from ray.data import ActorPoolStrategy
 
-    from kdist.config import TeacherSection
+    from kdist.endpoints import HFEndpoint, VLLMEndpoint
 
-    section = TeacherSection(**teacher_section(kind, model, args))
+    fields = {k: v for k, v in teacher_section(kind, model, args).items() if k not in ("splits", "min_success_ratio")}
+    section = {"hf": HFEndpoint, "vllm": VLLMEndpoint}[kind](**fields)
     table = pq.read_table(prompts, columns=["id", "messages", "split"])
     rows = [{"id": r["id"], "request_hash": r["id"], "messages": r["messages"]} for r in table.to_pylist() if r["split"] == "train"]
     dataset = ray.data.from_items(rows)
@@ -98,9 +100,9 @@ def generation_rate(kind: str, model: Path, prompts: Path, args: argparse.Namesp
         return max(r["end"] for r in timed) - min(r["start"] for r in timed), sum(r["tokens"] for r in timed)
     from ray.data.llm import build_processor
 
-    from kdist.teachers.vllm import VLLMTeacher
+    from kdist.llm.vllm import VLLMBackend
 
-    teacher = VLLMTeacher(section)
+    teacher = VLLMBackend(section)
     processor = build_processor(
         teacher.processor_config(),
         preprocess=lambda row: {"messages": row["messages"], "sampling_params": teacher._sampling_params()},
@@ -128,26 +130,29 @@ def main() -> None:
     args = parser.parse_args()
 
     from kdist.config import DataSection, RunConfig
-    from kdist.data.prepare import prompt_rows
+    from kdist.data import synthetic
+    from kdist.stages.prepare import prompt_row
     from kdist.rows import PROMPT_SCHEMA
     from kdist.runtime import ray_session
 
     work = Path(tempfile.mkdtemp(prefix="kdist-genbench-"))
     source = {"kind": "synthetic_mc", "teacher_train": 0, "train": args.prompts, "validation": 1, "test": 1}
-    rows = list(prompt_rows(DataSection(source=source), seed=0))
-    pq.write_table(pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA), work / "prompts.parquet")
+    data = DataSection(source=source)
+    rows = [prompt_row(q, split, f"{split}-{i:06d}", data) for split, i, q in synthetic.generate({"train": args.prompts}, 0)]
+    (work / "prompts").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA), work / "prompts" / "part-0.parquet")
     build_model(work / "model", args.hidden, args.layers, args.heads, [r["messages"][-1]["content"] for r in rows])
 
     figures: dict[str, float] = {}
     session = RunConfig(teacher={"model": "unused"}, student={"model": "unused"}, runtime={"log_to_driver": False})
     with ray_session(session):
         for kind in args.backends:
-            seconds, tokens = generation_rate(kind, work / "model", work / "prompts.parquet", args)
+            seconds, tokens = generation_rate(kind, work / "model", work / "prompts", args)
             figures[f"{kind}_generation_s"] = round(seconds, 2)
             figures[f"{kind}_generation_tokens_per_s"] = round(tokens / seconds, 1)
             line = f"{kind}: generation {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.0f} tokens/s"
             if not args.skip_end_to_end:
-                seconds, tokens = end_to_end(kind, work / "model", work / "prompts.parquet", work / f"out-{kind}", args)
+                seconds, tokens = end_to_end(kind, work / "model", work, args)
                 figures[f"{kind}_end_to_end_s"] = round(seconds, 1)
                 figures[f"{kind}_end_to_end_tokens_per_s"] = round(tokens / seconds, 1)
                 line += f"; end to end (generate stage) {tokens} tokens in {seconds:.1f} s"

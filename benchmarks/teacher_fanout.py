@@ -18,13 +18,14 @@ import time
 
 import openai
 
-from kdist.config import TeacherSection
-from kdist.teachers.azure import AzureTeacher
-from kdist.teachers.base import ChatRequest, request_hash
-from kdist.teachers.openai import OpenAITeacher
+from kdist.endpoints import AzureEndpoint, OpenAIEndpoint
+from kdist.llm.azure import AzureBackend
+from kdist.llm.base import ChatRequest, request_hash
+from kdist.llm.openai import OpenAIBackend
 from kdist.testing.llm_server import LLMServer, ServerSettings
 
-BACKENDS = {"openai": OpenAITeacher, "azure": AzureTeacher}
+BACKENDS = {"openai": OpenAIBackend, "azure": AzureBackend}
+ENDPOINTS = {"openai": OpenAIEndpoint, "azure": AzureEndpoint}
 
 
 def requests_for(count: int, offset: int) -> list[ChatRequest]:
@@ -50,8 +51,8 @@ def fanout_rows_per_s(server: LLMServer, kind: str, concurrency: int, rows: int,
     """(rows/s, failed rows, client CPU ms per request); CPU time does not depend on how busy
     the (shared) machine is, so it shows what one core can drive."""
     endpoint = server.openai_base_url if kind == "openai" else server.base_url
-    section = TeacherSection(
-        kind=kind, model="bench", endpoint=endpoint, api_key_env="KDIST_BENCH_KEY", concurrency=concurrency,
+    section = ENDPOINTS[kind](
+        model="bench", endpoint=endpoint, api_key_env="KDIST_BENCH_KEY", concurrency=concurrency,
         sampling={"max_tokens": 4},
     )  # fmt: skip
     teacher = BACKENDS[kind](section)
@@ -77,16 +78,17 @@ def stage_rows_per_s(server: LLMServer, rows: int, replicas: int, concurrency: i
     import pyarrow.parquet as pq
 
     from kdist.config import RunConfig
-    from kdist.generate import RESPONSES_FILE, run_generate
     from kdist.rows import PROMPT_SCHEMA
     from kdist.runtime import ray_session
+    from kdist.stages import BY_NAME, StageContext
 
     work = Path(tempfile.mkdtemp(prefix="kdist-fanout-"))
     prompts = [
         {"id": f"s{i}", "task": "chat", "messages": r.messages, "reference": None, "split": "train", "meta": "{}"}
         for i, r in enumerate(requests_for(rows, offset=30_000_000))
     ]
-    pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), work / "prompts.parquet")
+    (work / "prompts").mkdir()
+    pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), work / "prompts" / "part-0.parquet")
     teacher = {
         "kind": "openai", "model": "bench", "endpoint": server.openai_base_url, "api_key_env": "KDIST_BENCH_KEY",
         "concurrency": concurrency, "batch_size": concurrency, "replicas": replicas, "splits": ["train"],
@@ -94,8 +96,8 @@ def stage_rows_per_s(server: LLMServer, rows: int, replicas: int, concurrency: i
     }  # fmt: skip
     config = RunConfig(teacher=teacher, student={"model": "unused"}, runtime={"log_to_driver": False})
     with ray_session(config):
-        run_generate(config, work / "prompts.parquet", work / "responses")
-    shards = sorted((work / "responses" / RESPONSES_FILE).glob("part-*.parquet"), key=lambda f: f.stat().st_mtime)
+        BY_NAME["generate"].run(StageContext(config, str(work)))
+    shards = sorted((work / "responses" / "answers").glob("part-*.parquet"), key=lambda f: f.stat().st_mtime)
     later_rows = sum(pq.read_metadata(f).num_rows for f in shards[1:])
     return later_rows / (shards[-1].stat().st_mtime - shards[0].stat().st_mtime)
 

@@ -81,27 +81,25 @@ class RemoteEndpoint(Endpoint):
     # e.g. {return_tokens_as_token_ids: true} for vLLM servers when storing top-k logprobs.
     request_extras: dict[str, Any] = Field(default_factory=dict)
     prices: PriceSection | None = None
+    api_version: str | None = None
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_written(cls, value: Any) -> Any:
+        return _date_as_text(value)
 
 
 class OpenAIEndpoint(RemoteEndpoint):
-    kind: Literal["openai"] = "openai"
-    # Set for Azure OpenAI (the endpoint is the resource URL, the model the deployment name).
-    api_version: str | None = None
+    """`api_version` set: Azure OpenAI (the endpoint is the resource URL, the model the
+    deployment name)."""
 
-    @field_validator("api_version", mode="before")
-    @classmethod
-    def _version_as_written(cls, value: Any) -> Any:
-        return _date_as_text(value)
+    kind: Literal["openai"] = "openai"
 
 
 class AzureEndpoint(RemoteEndpoint):
-    kind: Literal["azure"] = "azure"
-    api_version: str | None = None
+    """`api_version` unset: the azure-ai-inference client's default."""
 
-    @field_validator("api_version", mode="before")
-    @classmethod
-    def _version_as_written(cls, value: Any) -> Any:
-        return _date_as_text(value)
+    kind: Literal["azure"] = "azure"
 
 
 class VLLMEndpoint(Endpoint):

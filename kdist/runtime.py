@@ -40,12 +40,20 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
 
 
 def configure_ray_data() -> None:
-    """Ray Data settings of every kdist driver: an exception raised in a worker arrives as
-    itself (a row's UsageError stays a one-line UsageError), not as Ray Data's generic
-    UserCodeException that keeps only the text of the worker's traceback."""
+    """Ray Data settings of every kdist driver.
+
+    - An exception raised in a worker arrives as itself (a row's UsageError stays a one-line
+      UsageError), not as Ray Data's generic UserCodeException with only the traceback's text.
+    - Parquet is read through the V1 datasource: V2 adds a ListFiles task that always asks for
+      a whole CPU, which never gets one while model actors hold every CPU of a small node
+      (seen: 2 hf teacher actors on 2 cores, and the generate stage waited forever); V1 read
+      tasks take the fraction kdist.storage asks for.
+    """
     import ray.data
 
-    ray.data.DataContext.get_current().raise_original_map_exception = True
+    context = ray.data.DataContext.get_current()
+    context.raise_original_map_exception = True
+    context.use_datasource_v2 = False
 
 
 @contextlib.contextmanager

@@ -35,6 +35,9 @@ import pyarrow.parquet as pq
 from kdist.errors import UsageError
 
 SUCCESS_FILE = "_SUCCESS.json"
+# Ray resources of a read task: reading is light beside the model actors that consume it, and
+# on a small node whole-CPU reads wait forever behind actors that hold every CPU.
+READ_CPUS = 0.1
 
 
 # --- locations ---------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ def write_dataset(dataset: Any, uri: str, schema: pa.Schema | None = None) -> No
     staging = staging_dir(uri)
     _, staging_path = filesystem_for(staging)
     kwargs = {"schema": schema} if schema is not None else {}
-    dataset.write_parquet(staging_path, filesystem=fs, **kwargs)
+    dataset.write_parquet(staging_path, filesystem=fs, ray_remote_args={"num_cpus": READ_CPUS}, **kwargs)
     if not exists(staging):  # an empty dataset writes no file: still an (empty) table
         write_table(join(staging, "part-empty.parquet"), (schema or pa.schema([])).empty_table())
     commit_dir(staging, uri)
@@ -230,7 +233,7 @@ def read_dataset(uri: str, columns: list[str] | None = None) -> Any:
     fs, path = filesystem_for(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise UsageError(f"{uri} does not exist: run the stage that writes it first")
-    return ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    return ray.data.read_parquet(path, filesystem=fs, columns=columns, num_cpus=READ_CPUS)
 
 
 # --- local model directories -------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Data: sources, task templates, synthetic tasks and the prepare stage."""
+"""Data: task templates and answer parsing, and the synthetic task (the prepare stage is kdist.stages.prepare)."""

@@ -142,7 +142,9 @@ class ResponseStore:
 
         if not self.shard_paths():
             return ray.data.from_arrow(RESPONSE_SCHEMA.empty_table()).select_columns(columns or RESPONSE_SCHEMA.names)
-        return ray.data.read_parquet(storage.filesystem_for(self.answers_uri)[1], filesystem=self.fs, columns=columns)
+        return ray.data.read_parquet(
+            storage.filesystem_for(self.answers_uri)[1], filesystem=self.fs, columns=columns, num_cpus=storage.READ_CPUS
+        )
 
     def succeeded_hashes(self) -> HashSet:
         """Request hashes that already have a successful answer (never asked for again)."""

@@ -27,16 +27,12 @@ SFT_SPLITS = ("train", "validation")
 
 def run(context: StageContext) -> dict[str, Any]:
     prompts_uri, out = context.dir("prepare"), context.dir("filter")
-    rows = storage.count_rows(prompts_uri)
     answers = ResponseStore(context.dir("generate")).dataset(["id", "candidate", "response", "error", "top_logprobs"])
-    judgements = storage.read_dataset(context.dir("judge"), columns=["id", "candidate", "score"])
-    passed = dataflow.join(answers, judgements, on=("id", "candidate"), rows=rows).map_batches(
+    judged = dataflow.join_stored(answers, context.dir("judge"), ["score"], on=("id", "candidate"))
+    passed = judged.map_batches(
         _passed, fn_kwargs={"min_score": context.config.judge.min_score}, batch_format="pyarrow", num_cpus=0.1
     )
-    prompts = storage.read_dataset(prompts_uri, columns=["id", "messages", "split"]).map_batches(
-        _training_splits, batch_format="pyarrow", num_cpus=0.1
-    )
-    kept = dataflow.join(passed, prompts, on=("id",), rows=rows).map_batches(
+    kept = dataflow.join_stored(passed, prompts_uri, ["messages", "split"], on=("id",)).map_batches(
         _sft_rows, batch_format="pyarrow", num_cpus=0.1
     ).materialize()  # fmt: skip
     counts = {}
@@ -54,15 +50,12 @@ def _passed(batch: pa.Table, min_score: float) -> pa.Table:
     return batch.filter(ok).drop_columns(["error", "score"])
 
 
-def _training_splits(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_in(batch["split"], value_set=pa.array(SFT_SPLITS)))
-
-
 def _only_split(batch: pa.Table, split: str) -> pa.Table:
     return batch.filter(pc.equal(batch["split"], split)).select(SFT_SCHEMA.names)
 
 
 def _sft_rows(batch: pa.Table) -> pa.Table:
+    batch = batch.filter(pc.is_in(batch["split"], value_set=pa.array(SFT_SPLITS)))
     rows = [
         {"id": row["id"], "split": row["split"], "top_logprobs": row["top_logprobs"],
          "messages": [*row["messages"], {"role": "assistant", "content": row["response"] or ""}]}

@@ -29,9 +29,8 @@ RATIONALE = {
 
 def run(context: StageContext) -> dict[str, Any]:
     prompts_uri, out = context.dir("prepare"), context.dir("judge")
-    prompts = storage.read_dataset(prompts_uri, columns=["id", "task", "meta"])
     answers = ResponseStore(context.dir("generate")).dataset(["id", "candidate", "response", "error"])
-    joined = dataflow.join(answers, prompts, on=("id",), rows=storage.count_rows(prompts_uri))
+    joined = dataflow.join_stored(answers, prompts_uri, ["task", "meta"], on=("id",))
     judged = joined.map_batches(
         rule_judgements, fn_kwargs={"judge": context.config.judge.kind}, batch_format="pyarrow", num_cpus=0.1
     )

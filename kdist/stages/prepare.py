@@ -93,8 +93,8 @@ def _file_records(source: FileSource) -> Any:
             # Lines, parsed in the workers: rows of one file may differ in shape (a list of
             # choices here, CommonsenseQA's labelled struct there), which Arrow's JSON reader
             # refuses, and a bad line can be named in the error.
-            return ray.data.read_text(path, filesystem=fs, include_paths=True)
-        return ray.data.read_parquet(path, filesystem=fs)
+            return ray.data.read_text(path, filesystem=fs, include_paths=True, num_cpus=storage.READ_CPUS)
+        return ray.data.read_parquet(path, filesystem=fs, num_cpus=storage.READ_CPUS)
     except (FileNotFoundError, ValueError) as err:
         if isinstance(err, FileNotFoundError) or "No input files" in str(err) or "does not exist" in str(err):
             raise UsageError(f"data.source.path: no {source.kind} file at {source.path}") from None

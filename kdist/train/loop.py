@@ -434,7 +434,7 @@ def _save(engine, objective, tokenizer, spec: TrainSpec, section: TrainSection, 
           steps: int, val_loss, rank: int) -> None:
     """Rank 0 writes model/ (merged, HF safetensors) and, under LoRA, adapter/ alone. Under
     ZeRO-3 the weights are partitioned: every rank joins the gather first."""
-    from kdist import io
+    from kdist import storage
 
     student = objective.student
     if section.zero_stage == 3:
@@ -450,10 +450,10 @@ def _save(engine, objective, tokenizer, spec: TrainSpec, section: TrainSection, 
 
         save_adapter_and_merged(student, tokenizer, out)
     else:
-        with io.atomic_dir(out / "model") as tmp:
+        with storage.atomic_dir(out / "model") as tmp:
             student.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-    io.write_json(out / "train_result.json", {
+    storage.write_json(str(out / "train_result.json"), {
         "steps": steps, "val_accuracy": accuracy, "val_loss": val_loss,
         "method": section.method, "kd_mode": section.kd.mode})
 

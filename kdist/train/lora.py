@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdist import io
+from kdist import storage
 from kdist.config import LoraSection
 
 
@@ -34,9 +34,9 @@ def apply_lora(model, lora: LoraSection):
 
 
 def save_adapter_and_merged(peft_model, tokenizer, out: Path) -> None:
-    with io.atomic_dir(out / "adapter") as tmp:
+    with storage.atomic_dir(out / "adapter") as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
     merged = peft_model.merge_and_unload()
-    with io.atomic_dir(out / "model") as tmp:
+    with storage.atomic_dir(out / "model") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -172,10 +172,10 @@ def run_file(spec: TrainSpec, storage: Path) -> Path:
 
 
 def write_run_identity(spec: TrainSpec, storage: Path) -> None:
-    from kdist import io
+    from kdist.storage import write_json
 
     storage.mkdir(parents=True, exist_ok=True)
-    io.write_json(run_file(spec, storage), run_identity(spec))
+    write_json(str(run_file(spec, storage)), run_identity(spec))
 
 
 def check_resume_compatible(spec: TrainSpec, storage: Path) -> None:
