@@ -116,7 +116,7 @@ def _not_yet_answered(requests: Any, endpoint: Endpoint, store: ResponseStore, r
     from ray.data import ActorPoolStrategy
 
     done = ray.put(store.succeeded_hashes())
-    hashed = requests.select_columns(REQUEST_COLUMNS).map_batches(
+    hashed = requests.map_batches(
         _HashAndSkipDone,
         fn_constructor_kwargs={
             "identity": request_identity(endpoint), "sampling": endpoint.sampling.model_dump(),
@@ -127,7 +127,18 @@ def _not_yet_answered(requests: Any, endpoint: Endpoint, store: ResponseStore, r
     )  # fmt: skip
     # Blocks small enough that every replica gets some (one block feeds one actor).
     rows = max(1, min(endpoint.batch_size * BATCHES_PER_BLOCK, -(-expected_rows // endpoint.replicas)))
-    return hashed.repartition(target_num_rows_per_block=rows)
+    todo = hashed.repartition(target_num_rows_per_block=rows)
+    if _actors_hold_whole_cpus(endpoint):
+        # Ray Data starts an actor pool before the tasks that feed it; tasks such as the
+        # repartition ask for a whole CPU, and when model actors hold every CPU of a node
+        # (2 hf actors on 2 cores) those tasks never run. Computing the requests first (into
+        # the object store, which spills to disk) breaks the wait.
+        todo = todo.materialize()
+    return todo
+
+
+def _actors_hold_whole_cpus(endpoint: Endpoint) -> bool:
+    return not isinstance(endpoint, RemoteEndpoint) and not _cluster_has_gpus()
 
 
 def _plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
