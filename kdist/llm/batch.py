@@ -33,7 +33,7 @@ from kdist.endpoints import Endpoint, PriceSection, RemoteEndpoint
 from kdist.llm.base import ChatRequest, ModelResponse, request_hash
 from kdist.llm.models import weights_fingerprint
 from kdist.llm.remote import error_reason
-from kdist.llm.store import HashSet, ResponseStore, new_run_id, response_key
+from kdist.llm.store import ResponseStore, new_run_id, response_key
 from kdist.rows import REQUEST_COLUMNS, RESPONSE_SCHEMA
 
 log = logging.getLogger(__name__)
