@@ -9,7 +9,7 @@ import pytest
 
 from kdist import pipeline, storage
 from kdist.config import validate_config
-from kdist.testing.llm_server import LLMServer, ServerSettings
+from kdist.testing.llm_server import LLMServer, ServerSettings, deterministic_answer
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,10 @@ def _config(output_dir: str, server: LLMServer, student: str, **changes):
     return validate_config(raw)
 
 
+def _test_prompts(root: str) -> list[dict]:
+    return [row for row in storage.read_table(storage.join(root, "prompts")).to_pylist() if row["split"] == "test"]
+
+
 def _skipped(caplog) -> list[str]:
     return [r.getMessage().split()[1].rstrip(":") for r in caplog.records if "skipped (--resume)" in r.getMessage()]
 
@@ -47,7 +51,13 @@ def test_a_run_on_object_storage_resumes_exactly(s3_bucket, tiny_model_dir, tmp_
         assert storage.exists(storage.join(root, "student", "model", "config.json"))
         metrics = storage.read_json(storage.join(root, "eval", "metrics.json"))
         assert set(metrics["accuracy"]) == {"base", "student", "teacher"} and metrics["rows"] == 16
-        assert metrics["accuracy"]["teacher"] == 1.0  # the loopback teacher answers right
+        # The teacher's accuracy is that of the answers the loopback server gave (a letter
+        # fixed per prompt), read back from S3 and scored against the references.
+        results = storage.read_table(storage.join(root, "eval", "results.parquet")).to_pylist()
+        teacher = [row for row in results if row["model"] == "teacher"]
+        expected = sum(deterministic_answer(p["messages"]) == p["reference"] for p in _test_prompts(root)) / 16
+        assert len(results) == 48 and len(teacher) == 16
+        assert metrics["accuracy"]["teacher"] == pytest.approx(expected, abs=1e-4)
 
         # A stricter judge: judge and filter and what reads them are redone, nobody asked again.
         caplog.set_level("INFO")
