@@ -129,3 +129,10 @@ def output_dir(config: RunConfig) -> str:
     from kdist.storage import absolute
 
     return absolute(config.run.output_dir)
+
+
+def cluster_has_gpus() -> bool:
+    """Whether the Ray cluster this process is attached to has any GPU."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0

@@ -35,6 +35,7 @@ from kdist.llm.models import weights_fingerprint
 from kdist.llm.remote import error_reason
 from kdist.llm.store import ResponseStore, new_run_id, response_key
 from kdist.rows import REQUEST_COLUMNS, RESPONSE_SCHEMA
+from kdist.runtime import cluster_has_gpus
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _not_yet_answered(requests: Any, endpoint: Endpoint, store: ResponseStore, r
 
 
 def _actors_hold_whole_cpus(endpoint: Endpoint) -> bool:
-    return not isinstance(endpoint, RemoteEndpoint) and not _cluster_has_gpus()
+    return not isinstance(endpoint, RemoteEndpoint) and not cluster_has_gpus()
 
 
 def _plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -174,7 +175,7 @@ def _fan_out(todo: Any, endpoint: Endpoint, store_uri: str, run_id: str) -> Any:
     kwargs = {"endpoint": endpoint, **sink}
     if isinstance(endpoint, RemoteEndpoint):
         return todo.map_batches(_RemoteWorker, fn_constructor_kwargs=kwargs, compute=pool, num_cpus=REMOTE_WORKER_CPUS, **common)
-    gpus = 1 if _cluster_has_gpus() else 0
+    gpus = 1 if cluster_has_gpus() else 0
     return todo.map_batches(_LocalWorker, fn_constructor_kwargs=kwargs, compute=pool, num_cpus=1, num_gpus=gpus, **common)
 
 
@@ -184,12 +185,6 @@ def _drive(answered: Any, label: str, expected_rows: int) -> None:
     with tqdm(total=expected_rows, desc=label, unit="row", mininterval=2.0) as progress:
         for batch in answered.iter_batches(batch_format="pyarrow", batch_size=None):
             progress.update(pc.sum(batch["rows"]).as_py() or 0)
-
-
-def _cluster_has_gpus() -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 class _ShardSink:

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from kdist.endpoints import VLLMEndpoint
+from kdist.runtime import cluster_has_gpus
 
 # Light stages beside the engine: on a 2-core machine, stages that ask for a whole CPU each
 # starve the engine and the pipeline never finishes.
@@ -63,7 +64,7 @@ class VLLMBackend:
         from kdist.llm.models import local_model
 
         endpoint = self.endpoint
-        use_gpu = self._cluster_has_gpus() if self._use_gpu is None else self._use_gpu
+        use_gpu = cluster_has_gpus() if self._use_gpu is None else self._use_gpu
         bundle = {"GPU": 1} if use_gpu else {"CPU": 1}
         env = {} if use_gpu else {k: os.environ.get(k, v) for k, v in CPU_ENGINE_ENV.items()}
         side = {"num_cpus": SIDE_STAGE_CPUS}
@@ -95,12 +96,6 @@ class VLLMBackend:
         if sampling.top_logprobs:
             params["logprobs"] = sampling.top_logprobs
         return params
-
-    @staticmethod
-    def _cluster_has_gpus() -> bool:
-        import ray
-
-        return ray.cluster_resources().get("GPU", 0) > 0
 
     def close(self) -> None:
         """Engines belong to the Ray Data pipeline and end with it."""
