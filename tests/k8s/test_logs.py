@@ -154,7 +154,12 @@ def test_each_line_once_across_cut_streams_and_a_retried_submitter(tmp_path, con
             wait_for_rayjob(kube)
             kube.set_status(NAMESPACE, NAME, RUNNING)
             pod(kube, "first", "try 1: line 1\n")
-            for line in ("try 1: line 2\n", "try 1: line 3\n"):
+            # Each next line only once the client printed the previous one, and later than
+            # the 0.2 s cut: the stream that carried it has ended, so each line needs a new
+            # read whatever the machine's load.
+            for previous, line in (("try 1: line 1\n", "try 1: line 2\n"),
+                                   ("try 1: line 2\n", "try 1: line 3\n")):
+                stdout.wait_for(previous)
                 time.sleep(0.3)
                 kube.append_log(NAMESPACE, "first", line)
             stdout.wait_for("try 1: line 3\n")
