@@ -437,18 +437,40 @@ def _section_types(annotation: Any) -> Any:
 # --- saving ------------------------------------------------------------------------------------
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)$", re.IGNORECASE)
+# `user:password@` in a URL (https://user:KEY@host/...): the part a gateway URL may carry a key in.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+# request_extras go to the endpoint as they are, under any name (a gateway's `x_key`, a
+# `subscription`): only these known sampling and decoding options are shown, the rest hidden.
+SHOWN_REQUEST_EXTRAS = frozenset({
+    "chat_template_kwargs", "frequency_penalty", "guided_choice", "guided_json", "guided_regex",
+    "ignore_eos", "logit_bias", "min_p", "min_tokens", "n", "presence_penalty",
+    "repetition_penalty", "response_format", "return_tokens_as_token_ids", "seed",
+    "skip_special_tokens", "stop", "stop_token_ids", "top_k",
+})
+HIDDEN = "***"
 
 
 def redacted(data: Any) -> Any:
-    """A copy with values under secret-looking keys replaced (`api_key_env` names stay)."""
+    """A copy safe to save or log: values under secret-looking keys, credentials inside URLs,
+    and request_extras outside the allow-list are replaced (`api_key_env` names stay)."""
     if isinstance(data, dict):
-        return {
-            key: "***" if _SECRET_KEY.search(str(key)) and value else redacted(value)
-            for key, value in data.items()
-        }
+        return {key: _redacted_value(str(key), value) for key, value in data.items()}
     if isinstance(data, list):
         return [redacted(item) for item in data]
+    if isinstance(data, str):
+        return _URL_CREDENTIALS.sub(f"{HIDDEN}@", data)
     return data
+
+
+def _redacted_value(key: str, value: Any) -> Any:
+    if _SECRET_KEY.search(key) and value:
+        return HIDDEN
+    if key == "request_extras" and isinstance(value, dict):
+        return {
+            name: redacted(extra) if name in SHOWN_REQUEST_EXTRAS else HIDDEN
+            for name, extra in value.items()
+        }
+    return redacted(value)
 
 
 def config_to_yaml(config: RunConfig) -> str:

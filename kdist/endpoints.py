@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class SamplingSection(Section):

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,37 @@ def test_saved_config_keeps_env_var_names_and_redacts_secret_values():
     nested = {"headers": {"Authorization": "Bearer sk-123", "X-Trace": "1"}, "api_key": "sk-456"}
     cleaned = redacted(nested)
     assert cleaned == {"headers": {"Authorization": "***", "X-Trace": "1"}, "api_key": "***"}
+
+
+def test_saved_config_hides_url_credentials_and_request_extras_outside_the_allow_list():
+    teacher = {
+        **REMOTE,
+        "endpoint": "https://gateway-user:sk-in-url@llm.example.com/v1",
+        "request_extras": {"x_gateway": "sk-in-extras", "top_k": 20, "seed": 7},
+    }
+    saved = config_to_yaml(validate_config({**MINIMAL, "teacher": teacher}))
+    assert "sk-in-url" not in saved and "gateway-user" not in saved
+    assert "https://***@llm.example.com/v1" in saved
+    assert "sk-in-extras" not in saved and "x_gateway: '***'" in saved
+    assert "top_k: 20" in saved and "seed: 7" in saved
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("concurrency", True, "'teacher.concurrency': Input should be a valid integer (got True)"),
+        ("concurrency", "8", "'teacher.concurrency': Input should be a valid integer (got '8')"),
+        ("max_attempts", 2.5, "'teacher.max_attempts': Input should be a valid integer"),
+    ],
+)
+def test_config_types_are_strict_where_a_coercion_would_hide_a_mistake(field, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({**MINIMAL, "teacher": {**REMOTE, field: value}})
+
+
+def test_an_integer_is_accepted_where_a_number_is_meant():
+    config = validate_config({**MINIMAL, "teacher": {**REMOTE, "timeout_s": 5}})
+    assert config.teacher.timeout_s == 5.0
 
 
 def test_invalid_yaml_is_one_line(tmp_path):
