@@ -34,6 +34,9 @@ class RuntimeSection(Section):
     ray_address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)
     log_to_driver: bool = True
+    # A local Ray's temp dir (its logs) is removed when the run ends, failed or not; keep it
+    # (`--keep-ray-logs`) to read the workers' logs of a failure.
+    keep_ray_logs: bool = False
 
 
 class SyntheticSource(Section):

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 
@@ -97,30 +98,51 @@ def _local_ray(config: RunConfig, use_gpu: bool) -> Iterator[None]:
     # A per-session temp dir: a stale ray_current_cluster file in a shared one makes a later
     # ray.init() hang trying to reach a dead cluster.
     temp_dir = tempfile.mkdtemp(prefix="kdist-ray-")
+    dashboard_port = free_loopback_port()
     log.info("starting a local Ray on %s (temp dir %s)", LOOPBACK, temp_dir)
-    ray.init(
-        _node_ip_address=LOOPBACK,
-        _temp_dir=temp_dir,
-        num_cpus=config.runtime.num_cpus,
-        # On (127.0.0.1 only): Ray Train's placement-group cleaner asks the state API, served by
-        # the dashboard, every second whether the controller lives; without it, every ask
-        # fails with a warning line (hundreds per training run) and a crashed controller's
-        # placement group would never be freed. (ray.init took no longer with it, measured.)
-        include_dashboard=True,
-        dashboard_host=LOOPBACK,
-        log_to_driver=config.runtime.log_to_driver,
-        runtime_env={"env_vars": worker_env(use_gpu)},
-    )
     try:
+        ray.init(
+            _node_ip_address=LOOPBACK,
+            _temp_dir=temp_dir,
+            num_cpus=config.runtime.num_cpus,
+            # On (127.0.0.1 only): Ray Train's placement-group cleaner asks the state API,
+            # served by the dashboard, every second whether the controller lives; without it,
+            # every ask fails with a warning line (hundreds per training run) and a crashed
+            # controller's placement group would never be freed. (ray.init took no longer with
+            # it, measured.)
+            include_dashboard=True,
+            dashboard_host=LOOPBACK,
+            dashboard_port=dashboard_port,
+            log_to_driver=config.runtime.log_to_driver,
+            runtime_env={"env_vars": {**worker_env(use_gpu), **own_cluster_env(dashboard_port)}},
+        )
         node_ip = ray.nodes()[0]["NodeManagerAddress"]
         if node_ip != LOOPBACK:
             raise RuntimeError(f"local Ray bound to {node_ip}, not {LOOPBACK}")
         yield
-    except BaseException:
+    finally:
         ray.shutdown()
-        log.info("Ray logs of this run are kept in %s", temp_dir)
-        raise
-    ray.shutdown()
+        _drop_temp_dir(temp_dir, keep=config.runtime.keep_ray_logs)
+
+
+def own_cluster_env(dashboard_port: int) -> dict[str, str]:
+    """Env that points the state API inside this Ray's workers at this Ray. Without an
+    address, Ray Train's placement-group cleaner looks for a cluster on the machine and fails
+    with "Found multiple active Ray instances" when another run's local Ray is up too."""
+    return {"RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{dashboard_port}"}
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def _drop_temp_dir(temp_dir: str, keep: bool) -> None:
+    # Removed after a failure too: every failed run used to leave its /tmp/kdist-ray-* behind.
+    if keep:
+        log.warning("the local Ray's logs are kept in %s (--keep-ray-logs)", temp_dir)
+        return
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -278,6 +278,44 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def files_fingerprint(uri: str, suffixes: tuple[str, ...] = ()) -> str:
+    """What identifies the files at `uri` (one file or a tree): their relative paths, sizes and
+    modification times (on object stores, LastModified changes with every upload), so it
+    costs a listing even for many GB. A reference that is no file (a hub id) is its own
+    identity. With `suffixes`, only files with those endings count."""
+    if "://" not in uri and not os.path.exists(os.path.expanduser(uri)):
+        return fingerprint(uri)
+    fs, root = filesystem_for(uri)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        return fingerprint(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True)) if info.type == pafs.FileType.Directory else [info]
+    files = sorted(
+        (found.path[len(root):], found.size, found.mtime_ns)
+        for found in infos
+        if found.type == pafs.FileType.File and (not suffixes or found.path.endswith(suffixes))
+    )
+    return fingerprint(files)
+
+
+def unreadable_parquet(uri: str) -> list[str]:
+    """The Parquet files under a table directory whose footer cannot be read (truncated or
+    corrupt): reading a footer is one small ranged read per file, cheap next to the data."""
+    fs, root = filesystem_for(uri)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    bad = []
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet") or info.base_name[0] in "._":
+            continue
+        try:
+            with fs.open_input_file(info.path) as handle:
+                pq.read_metadata(handle)
+        except (OSError, pa.ArrowException):
+            bad.append(info.path)
+    return bad
+
+
 def mark_done(stage_uri: str, fingerprint_: str, summary: dict[str, Any]) -> None:
     write_json(join(stage_uri, SUCCESS_FILE), {"fingerprint": fingerprint_, "summary": summary})
 

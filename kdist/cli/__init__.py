@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from kdist.cli.common import add_config_args, config_from_args
+from kdist.cli.common import add_config_args, add_run_args, config_from_args, overrides_of
 from kdist.config import ConfigError
 from kdist.errors import StageFailed, UsageError, one_line_cause
 from kdist.stages import STAGE_NAMES, STAGES
@@ -42,7 +42,7 @@ def _validate(args: argparse.Namespace) -> int:
     from kdist.demo import is_demo_config, load_demo_config
 
     if is_demo_config(args.config):
-        config = load_demo_config(args.config, args.overrides)
+        config = load_demo_config(args.config, overrides_of(args))
     else:
         config = config_from_args(args)
     print(f"{args.config}: ok (run '{config.run.name}', outputs in {config.run.output_dir})")
@@ -52,7 +52,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from kdist import demo
 
-    return demo.run_demo(args.config, args.overrides, resume=args.resume)
+    return demo.run_demo(args.config, overrides_of(args), resume=args.resume)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,20 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run every stage in order")
     add_config_args(run)
-    _add_resume(run)
+    add_run_args(run)
     run.set_defaults(handler=_run)
 
     for stage in STAGES:
         stage_parser = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         add_config_args(stage_parser)
-        _add_resume(stage_parser)
+        add_run_args(stage_parser)
         stage_parser.set_defaults(handler=_stage_command(stage.name))
 
     demo = sub.add_parser(
         "demo", help="offline end-to-end demo: train a teacher, distil a student, compare"
     )
     add_config_args(demo, required=False)
-    _add_resume(demo)
+    add_run_args(demo)
     demo.set_defaults(handler=_demo)
 
     validate = sub.add_parser("validate", help="check a run config and exit")
@@ -87,14 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     for register in _extra_registrations():
         register(sub)
     return parser
-
-
-def _add_resume(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep finished stages of an earlier run in the same output dir and do only the rest",
-    )
 
 
 def _extra_registrations() -> list[Callable[[argparse._SubParsersAction], None]]:

@@ -8,8 +8,6 @@ a local cache once per content version.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -35,16 +33,5 @@ def local_model(reference: str) -> str:
 
 def weights_fingerprint(reference: str) -> str:
     """Changes when the files of a model directory change (a model retrained in place is
-    another model); a hub id is its own identity. Uses sizes and modification times, not
-    the content, so it costs a directory listing even for a model of many GB."""
-    if "://" not in reference and not Path(reference).expanduser().is_dir():
-        return hashlib.sha256(reference.encode()).hexdigest()[:16]
-    fs, root = storage.filesystem_for(reference)
-    import pyarrow.fs as pafs
-
-    files = [
-        (info.path[len(root):], info.size, info.mtime_ns)
-        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        if info.type == pafs.FileType.File and info.path.endswith(_IDENTITY_SUFFIXES)
-    ]
-    return hashlib.sha256(json.dumps(sorted(files), default=str).encode()).hexdigest()[:16]
+    another model); a hub id is its own identity."""
+    return storage.files_fingerprint(reference, _IDENTITY_SUFFIXES)

@@ -1,8 +1,10 @@
 """The stage registry: every stage declared once, here.
 
 A stage has a name, a one-line help, the directory it writes under the run's `output_dir`,
-the stages whose outputs it reads, the config settings its fingerprint covers, and its runner
-(`module:function`, imported only when the stage runs, so the CLI starts fast). The pipeline,
+the stages whose outputs it reads, the config settings its fingerprint covers, the files it
+reads from outside the run (data, model directories: they must exist, and their sizes and
+modification times are fingerprinted too), the endpoints it calls (their keys must be set),
+and its runner (`module:function`, imported only when the stage runs, so the CLI starts fast). The pipeline,
 the CLI, the `ray_jobs/` entrypoint, the RayJob builder and the chart's values schema
 (`make chart-stages`) all read this list; adding a stage means adding one entry and its module.
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from kdist import storage
 from kdist.config import RunConfig
+from kdist.endpoints import Endpoint, RemoteEndpoint
 from kdist.errors import StageFailed, UsageError, one_line_cause
 
 
@@ -43,6 +46,13 @@ class Stage:
     inputs: tuple[str, ...]
     settings: Callable[[RunConfig], list[Any]]
     runner: str  # "module:function"
+    # Dotted config field -> location, for what the stage reads from outside the run.
+    sources: Callable[[RunConfig], dict[str, str]] = lambda config: {}
+    # Role -> endpoint, for the models the stage calls.
+    endpoints: Callable[[RunConfig], dict[str, Endpoint]] = lambda config: {}
+    # True when the output is replaced only once the stage succeeds (one atomic table write):
+    # a failed rerun then leaves the earlier output and its success marker as they were.
+    atomic: bool = False
 
     def run(self, context: StageContext) -> dict[str, Any]:
         module, function = self.runner.split(":")
@@ -61,18 +71,33 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "build chat prompts for the task -> prompts/", "prompts", (),
-          lambda c: [c.data, c.run.seed], "kdist.stages.prepare:run"),
+          lambda c: [c.data, c.run.seed], "kdist.stages.prepare:run",
+          sources=lambda c: _data_sources(c), atomic=True),
     Stage("generate", "have the teacher answer every prompt -> responses/", "responses", ("prepare",),
-          lambda c: [c.teacher], "kdist.stages.generate:run"),
+          lambda c: [c.teacher], "kdist.stages.generate:run",
+          sources=lambda c: _model_sources({"teacher": c.teacher}), endpoints=lambda c: {"teacher": c.teacher}),
     Stage("judge", "score the teacher's answers -> judgements/", "judgements", ("prepare", "generate"),
-          lambda c: [c.judge], "kdist.stages.judge:run"),
+          lambda c: [c.judge], "kdist.stages.judge:run", atomic=True),
     Stage("filter", "keep the good answers -> sft/train, sft/validation", "sft", ("prepare", "generate", "judge"),
           lambda c: [c.judge.min_score], "kdist.stages.filter:run"),
     Stage("train", "fine-tune the student on them with Ray Train + DeepSpeed -> student/", "student",
-          ("prepare", "filter"), lambda c: [c.student, c.train, c.run.seed], "kdist.stages.train:run"),
+          ("prepare", "filter"), lambda c: [c.student, c.train, c.run.seed], "kdist.stages.train:run",
+          sources=lambda c: {"student.model": c.student.model}),
     Stage("evaluate", "student vs base vs teacher on held-out data -> eval/", "eval", ("prepare", "generate", "train"),
-          lambda c: [c.evaluate, c.student.model], "kdist.stages.evaluate:run"),
+          lambda c: [c.evaluate, c.student.model], "kdist.stages.evaluate:run",
+          sources=lambda c: {"student.model": c.student.model}),
 )  # fmt: skip
+
+
+def _data_sources(config: RunConfig) -> dict[str, str]:
+    path = getattr(config.data.source, "path", None)
+    return {"data.source.path": path} if path else {}
+
+
+def _model_sources(endpoints: dict[str, Endpoint]) -> dict[str, str]:
+    """The models of endpoints that load weights in the cluster (a remote one has none here)."""
+    return {f"{role}.model": ep.model for role, ep in endpoints.items() if not isinstance(ep, RemoteEndpoint)}
+
 
 BY_NAME: dict[str, Stage] = {stage.name: stage for stage in STAGES}
 STAGE_NAMES: tuple[str, ...] = tuple(BY_NAME)

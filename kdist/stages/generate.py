@@ -9,15 +9,13 @@ reason; one bad row never ends the run. The answers are stored as given; the jud
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdist import storage
-from kdist.endpoints import Endpoint, RemoteEndpoint
-from kdist.errors import StageFailed, UsageError
+from kdist.errors import StageFailed
 from kdist.llm.batch import format_summary, run_inference
 from kdist.stages import StageContext
 
@@ -33,7 +31,6 @@ class GenerationFailed(StageFailed):
 
 def run(context: StageContext) -> dict[str, Any]:
     teacher = context.config.teacher
-    check_credentials(teacher, "teacher")
     prompts_uri, out = context.dir("prepare"), context.dir("generate")
     requests, rows = prompt_requests(prompts_uri, teacher.splits, CANDIDATE)
     log.info("generate: %d prompts in %s, to answer with %s", rows, teacher.splits, teacher.label)
@@ -48,16 +45,6 @@ def run(context: StageContext) -> dict[str, Any]:
             "a rerun asks again only for the rows without an answer"
         )
     return summary
-
-
-def check_credentials(endpoint: Endpoint, role: str) -> None:
-    """Fail in one line before any work when the key variable is named but not set (otherwise
-    every worker would fail to start, or every row would come back 401)."""
-    if isinstance(endpoint, RemoteEndpoint) and endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
-        raise UsageError(
-            f"{role}.api_key_env names {endpoint.api_key_env}, which is not set in this environment "
-            "(set it, e.g. from a Kubernetes Secret, or remove api_key_env to use Entra ID on Azure)"
-        )
 
 
 def prompt_requests(prompts_uri: str, splits: list[str], candidate: str) -> tuple[Any, int]:
