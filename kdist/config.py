@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from kdist.endpoints import ENDPOINT_KINDS, SamplingSection, Section, endpoint_union, kind_for_field, kind_of
+from kdist.endpoints import SamplingSection, Section, endpoint_union, kind_for_field, kind_of
+from kdist.judging.rubrics import SINGLE_RUBRICS
 
 
 class ConfigError(ValueError):
@@ -95,10 +96,27 @@ class TeacherRole(Section):
 TeacherSection = endpoint_union(TeacherRole, "Teacher")
 
 
-class JudgeSection(Section):
-    # rule: checks the answer parses for the task (offline); vllm: an LLM judge (later issue).
+class JudgeRole(Section):
+    """What a judge adds to its endpoint. Scores are stored as the judge gave them and
+    normalised to [0, 1]; an answer is kept when its normalised score is >= min_score."""
+
+    min_score: float = Field(default=0.8, ge=0.0, le=1.0)
+    # A single-grading rubric of kdist.judging.rubrics (reference_guided sees the reference
+    # answer: for grading training data only), and a file that replaces its template.
+    rubric: Literal[SINGLE_RUBRICS] = "correctness"  # type: ignore[valid-type]
+    template: str | None = None
+    scale: Literal["0-1", "1-5"] = "1-5"
+
+
+class RuleJudge(Section):
+    """Offline: an answer scores 1 when it parses as an answer of the prompt's task, else 0."""
+
     kind: Literal["rule"] = "rule"
-    min_score: float = Field(default=1.0, ge=0.0, le=1.0)
+    min_score: float = Field(default=0.8, ge=0.0, le=1.0)
+
+
+# `judge:` is the rule, or an LLM judge: an endpoint of any kind plus the judge's own fields.
+JudgeSection = endpoint_union(JudgeRole, "Judge", extra=(RuleJudge,))
 
 
 class ModelBuildSection(Section):
@@ -314,7 +332,7 @@ class RunConfig(Section):
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     data: DataSection = Field(default_factory=DataSection)
     teacher: TeacherSection
-    judge: JudgeSection = Field(default_factory=JudgeSection)
+    judge: JudgeSection = Field(default_factory=RuleJudge)
     student: StudentSection
     train: TrainSection = Field(default_factory=TrainSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
@@ -401,8 +419,22 @@ def describe_first_error(err: ValidationError) -> str:
 def _union_tags() -> set[str]:
     """Every `kind` tag of a tagged union in the config: pydantic puts the tag in an error's
     location, e.g. ('teacher', 'openai', 'concurency'); it is not a key the user wrote."""
-    sources = (SyntheticSource, FileSource, HFSource)
-    return {kind_of(model) for model in (*ENDPOINT_KINDS, *sources)}
+    tags: set[str] = set()
+    seen: set[type] = set()
+
+    def visit(model: type[Section]) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for field in model.model_fields.values():
+            found = _section_types(field.annotation)
+            for member in found if isinstance(found, list) else [found] if found else []:
+                if isinstance(found, list) and "kind" in member.model_fields:
+                    tags.add(kind_of(member))
+                visit(member)
+
+    visit(RunConfig)
+    return tags
 
 
 def _walk(loc: list[str]) -> tuple[type[Section] | None, str | None]:

@@ -122,8 +122,9 @@ def kind_for_field(field: str) -> list[str]:
     return [kind_of(kind) for kind in ENDPOINT_KINDS if field in kind.model_fields]
 
 
-def endpoint_union(role: type[Section] | None = None, name: str = "") -> Any:
-    """A discriminated union over every endpoint kind, each extended by the role's fields."""
+def endpoint_union(role: type[Section] | None = None, name: str = "", extra: tuple[type[Section], ...] = ()) -> Any:
+    """A discriminated union over every endpoint kind, each extended by the role's fields,
+    plus `extra` members that are no endpoint (the rule judge)."""
     if role is None:
         members = ENDPOINT_KINDS
     else:
@@ -131,7 +132,7 @@ def endpoint_union(role: type[Section] | None = None, name: str = "") -> Any:
             create_model(f"{kind.__name__.removesuffix('Endpoint')}{name or role.__name__}", __base__=(kind, role))
             for kind in ENDPOINT_KINDS
         )
-    return Annotated[Union[members], Field(discriminator="kind")]  # noqa: UP007 - runtime union of classes
+    return Annotated[Union[(*members, *extra)], Field(discriminator="kind")]  # noqa: UP007 - runtime union of classes
 
 
 def _date_as_text(value: Any) -> Any:

@@ -44,20 +44,28 @@ RESPONSE_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("status", pa.int64()),
         ("attempts", pa.int64()),
+        ("seconds", pa.float64()),  # first attempt to final answer (null in stores written before)
     ]
 )
 
 # The rows handed to the batch-inference layer: what to ask, under which key.
 REQUEST_COLUMNS = ["id", "candidate", "messages"]
 
-# judge -> judgements/: one row per judged answer, keyed (id, candidate)
+# judge -> judgements/scores/: one row per judged answer, keyed (id, candidate). `raw_score`
+# is as the judge gave it (on its rubric's scale), `score` normalised to [0, 1]; both are null
+# when the verdict was unparsable or the judge failed (`status` says which).
+JUDGEMENTS_TABLE = "scores"
 JUDGEMENT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("candidate", pa.string()),
-        ("judge", pa.string()),
+        ("judge", pa.string()),  # "rule", or the judge endpoint's kind:model
+        ("rubric", pa.string()),
+        ("raw_score", pa.float64()),
         ("score", pa.float64()),
+        ("status", pa.string()),  # ok | unparsable | error
         ("rationale", pa.string()),
+        ("request_hash", pa.string()),  # of the judge's request (null for the rule)
     ]
 )
 

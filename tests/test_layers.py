@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kdist"
-BUILDING_BLOCKS = ("kdist.llm", "kdist.train", "kdist.data", "kdist.storage", "kdist.endpoints", "kdist.config")
+BUILDING_BLOCKS = ("kdist.llm", "kdist.train", "kdist.data", "kdist.judging", "kdist.storage", "kdist.endpoints", "kdist.config")
 
 
 def _imports(path: Path) -> set[str]:

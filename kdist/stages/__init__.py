@@ -77,7 +77,8 @@ STAGES: tuple[Stage, ...] = (
           lambda c: [c.teacher], "kdist.stages.generate:run",
           sources=lambda c: _model_sources({"teacher": c.teacher}), endpoints=lambda c: {"teacher": c.teacher}),
     Stage("judge", "score the teacher's answers -> judgements/", "judgements", ("prepare", "generate"),
-          lambda c: [c.judge], "kdist.stages.judge:run", atomic=True),
+          lambda c: [c.judge], "kdist.stages.judge:run",
+          sources=lambda c: _model_sources(_llm_judge(c)), endpoints=lambda c: _llm_judge(c)),
     Stage("filter", "keep the good answers -> sft/train, sft/validation", "sft", ("prepare", "generate", "judge"),
           lambda c: [c.judge.min_score], "kdist.stages.filter:run"),
     Stage("train", "fine-tune the student on them with Ray Train + DeepSpeed -> student/", "student",
@@ -92,6 +93,10 @@ STAGES: tuple[Stage, ...] = (
 def _data_sources(config: RunConfig) -> dict[str, str]:
     path = getattr(config.data.source, "path", None)
     return {"data.source.path": path} if path else {}
+
+
+def _llm_judge(config: RunConfig) -> dict[str, Endpoint]:
+    return {} if config.judge.kind == "rule" else {"judge": config.judge}
 
 
 def _model_sources(endpoints: dict[str, Endpoint]) -> dict[str, str]:

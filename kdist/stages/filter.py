@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from kdist import dataflow, storage
 from kdist.llm.store import ResponseStore
-from kdist.rows import SFT_SCHEMA
+from kdist.rows import JUDGEMENTS_TABLE, SFT_SCHEMA
 from kdist.stages import StageContext
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ SFT_SPLITS = ("train", "validation")
 def run(context: StageContext) -> dict[str, Any]:
     prompts_uri, out = context.dir("prepare"), context.dir("filter")
     answers = ResponseStore(context.dir("generate")).dataset(["id", "candidate", "response", "error", "top_logprobs"])
-    judged = dataflow.join_stored(answers, context.dir("judge"), ["score"], on=("id", "candidate"))
+    scores = storage.join(context.dir("judge"), JUDGEMENTS_TABLE)
+    judged = dataflow.join_stored(answers, scores, ["score"], on=("id", "candidate"))
     passed = judged.map_batches(
         _passed, fn_kwargs={"min_score": context.config.judge.min_score}, batch_format="pyarrow", num_cpus=0.1
     )

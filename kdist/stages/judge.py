@@ -1,12 +1,23 @@
-"""The judge stage: score every teacher answer -> judgements/ (kdist.rows.JUDGEMENT_SCHEMA).
+"""The judge stage: score every teacher answer -> judgements/scores/ (kdist.rows.JUDGEMENT_SCHEMA).
 
-`rule` judges offline: an answer scores 1.0 when it parses as a valid answer for the prompt's
-task and 0.0 otherwise (error rows and unparsable text). Prompts and answers are joined by id
-in Ray Data and scored in the workers: the driver holds neither.
+Two kinds of judge:
+
+- `rule` (offline): an answer scores 1.0 when it parses as a valid answer for the prompt's
+  task and 0.0 otherwise (error rows and unparsable text);
+- an LLM judge: a model endpoint of any kind (vLLM in the cluster, an OpenAI-compatible or
+  Azure AI endpoint) asked with the rubric's template (kdist.judging.rubrics) through the
+  batch-inference layer, so fan-out, limits, retries and exact resume come with it; its raw
+  answers are kept in judgements/answers/ (a responses store), and each is read as a score on
+  the rubric's scale and a rationale. An unreadable verdict is `unparsable`, score null: never
+  guessed, and never kept by the filter.
+
+Prompts and answers are joined by id in Ray Data and handled in the workers: the driver
+holds neither.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -14,38 +25,118 @@ import pyarrow as pa
 
 from kdist import dataflow, storage
 from kdist.data.tasks import parse_answer
+from kdist.errors import UsageError
+from kdist.judging.rubrics import RUBRICS, conversation_text, load_template
+from kdist.judging.verdicts import Scale, parse_grade
+from kdist.llm.batch import format_summary, run_inference
 from kdist.llm.store import ResponseStore
-from kdist.rows import JUDGEMENT_SCHEMA
+from kdist.rows import JUDGEMENT_SCHEMA, JUDGEMENTS_TABLE, MESSAGE
 from kdist.stages import StageContext
 
 log = logging.getLogger(__name__)
 
-RATIONALE = {
+RULE_RATIONALE = {
     "ok": "answer parses for the task",
     "unparsable": "answer names no allowed choice",
     "error": "the teacher returned no answer",
 }
+JUDGE_ANSWERS = "answers"
 
 
 def run(context: StageContext) -> dict[str, Any]:
-    prompts_uri, out = context.dir("prepare"), context.dir("judge")
+    judge, out = context.config.judge, context.dir("judge")
     answers = ResponseStore(context.dir("generate")).dataset(["id", "candidate", "response", "error"])
-    joined = dataflow.join_stored(answers, prompts_uri, ["task", "meta"], on=("id",))
-    judged = joined.map_batches(
-        rule_judgements, fn_kwargs={"judge": context.config.judge.kind}, batch_format="pyarrow", num_cpus=0.1
-    )
-    storage.write_dataset(judged, out, schema=JUDGEMENT_SCHEMA)
-    scores = storage.value_counts(out, "score")
-    passed = sum(count for score, count in scores.items() if score >= context.config.judge.min_score)
-    rows = sum(scores.values())
-    log.info("judge: %d of %d answers pass", passed, rows)
-    return {"rows": rows, "passed": passed}
+    if judge.kind == "rule":
+        joined = dataflow.join_stored(answers, context.dir("prepare"), ["task", "meta"], on=("id",))
+        judged = joined.map_batches(rule_judgements, batch_format="pyarrow", num_cpus=0.1)
+        extra: dict[str, Any] = {}
+    else:
+        judged, extra = _llm_judgements(context, answers)
+    scores_uri = storage.join(out, JUDGEMENTS_TABLE)
+    storage.write_dataset(judged, scores_uri, schema=JUDGEMENT_SCHEMA)
+    return {**_counts(scores_uri, judge.min_score), **extra}
 
 
-def rule_judgements(batch: pa.Table, judge: str) -> pa.Table:
+def _counts(scores_uri: str, min_score: float) -> dict[str, Any]:
+    statuses = storage.value_counts(scores_uri, "status")
+    scores = storage.value_counts(scores_uri, "score")
+    passed = sum(count for score, count in scores.items() if score is not None and score >= min_score)
+    rows = sum(statuses.values())
+    log.info("judge: %d of %d answers pass (score >= %s); %s", passed, rows, min_score, statuses)
+    return {"rows": rows, "passed": passed, "unparsable": statuses.get("unparsable", 0), "errors": statuses.get("error", 0)}
+
+
+def rule_judgements(batch: pa.Table) -> pa.Table:
     rows = []
     for row in batch.to_pylist():
         status = "error" if row["error"] else ("ok" if parse_answer(row["task"], row["meta"], row["response"]) else "unparsable")
-        rows.append({"id": row["id"], "candidate": row["candidate"], "judge": judge,
-                     "score": 1.0 if status == "ok" else 0.0, "rationale": RATIONALE[status]})  # fmt: skip
+        score = 1.0 if status == "ok" else 0.0
+        rows.append({"id": row["id"], "candidate": row["candidate"], "judge": "rule", "rubric": "rule",
+                     "raw_score": score, "score": score, "status": status, "rationale": RULE_RATIONALE[status]})  # fmt: skip
     return pa.Table.from_pylist(rows, schema=JUDGEMENT_SCHEMA)
+
+
+# --- the LLM judge -------------------------------------------------------------------------------
+
+
+def _llm_judgements(context: StageContext, answers: Any) -> tuple[Any, dict[str, Any]]:
+    judge = context.config.judge
+    load_template(judge.rubric, judge.template)  # a bad template fails here, before any request
+    joined = dataflow.join_stored(answers, context.dir("prepare"), ["messages", "reference", "meta", "split"], on=("id",))
+    # Materialized: the count is the fan-out's expected rows, and the requests are read once.
+    requests = joined.map_batches(
+        judge_requests, fn_kwargs={"rubric": judge.rubric, "template": judge.template, "scale": judge.scale},
+        batch_format="pyarrow", num_cpus=0.1,
+    ).materialize()  # fmt: skip
+    expected = requests.count()
+    log.info("judge: %d answers to grade with %s (rubric %s)", expected, judge.label, judge.rubric)
+    result = run_inference(requests, judge, storage.join(context.dir("judge"), JUDGE_ANSWERS),
+                           expected_rows=expected, label="judge")  # fmt: skip
+    log.info("judge: %s", format_summary(result.summary))
+    verdicts = result.store.dataset(["id", "candidate", "request_hash", "model", "response", "error"])
+    graded = verdicts.map_batches(
+        grades, fn_kwargs={"rubric": judge.rubric, "scale": judge.scale}, batch_format="pyarrow", num_cpus=0.1
+    )
+    return graded, {"inference": result.summary}
+
+
+def judge_requests(batch: pa.Table, rubric: str, template: str | None, scale: str) -> pa.Table:
+    """One judge request per answered row: the rubric's prompt as a single user message."""
+    spec, prompt = RUBRICS[rubric], load_template(rubric, template)
+    low, high = Scale.parse(scale).low, Scale.parse(scale).high
+    rows = []
+    for row in batch.to_pylist():
+        if row["error"] or not row["response"]:
+            continue  # nothing to grade: the filter drops rows without an answer anyway
+        context = json.loads(row["meta"] or "{}").get("context")
+        if spec.needs_context and not context:
+            raise UsageError(f"row with id '{row['id']}': judge.rubric {rubric} needs a context passage, and this prompt has none")
+        if spec.uses_reference and row["reference"] is None:
+            raise UsageError(f"row with id '{row['id']}': judge.rubric {rubric} grades against the reference answer, and this prompt has none")
+        text = prompt.render(question=conversation_text(row["messages"]), answer=row["response"], context=context,
+                             reference=row["reference"] if spec.uses_reference else None,
+                             scale_low=_number(low), scale_high=_number(high))  # fmt: skip
+        rows.append({"id": row["id"], "candidate": row["candidate"], "messages": [{"role": "user", "content": text}]})
+    return pa.Table.from_pylist(rows, schema=_REQUEST_SCHEMA)
+
+
+def grades(batch: pa.Table, rubric: str, scale: str) -> pa.Table:
+    """The judge's answers read as scores (stored as given and normalised) and rationales."""
+    bounds = Scale.parse(scale)
+    rows = []
+    for row in batch.to_pylist():
+        grade = parse_grade(row["response"], bounds)
+        status = "error" if row["error"] else ("ok" if grade.score is not None else "unparsable")
+        rows.append({
+            "id": row["id"], "candidate": row["candidate"], "judge": row["model"], "rubric": rubric,
+            "raw_score": grade.score, "score": bounds.normalise(grade.score) if grade.score is not None else None,
+            "status": status, "rationale": row["error"] or grade.rationale, "request_hash": row["request_hash"],
+        })  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=JUDGEMENT_SCHEMA)
+
+
+def _number(value: float) -> int | float:
+    return int(value) if value == int(value) else value
+
+
+_REQUEST_SCHEMA = pa.schema([("id", pa.string()), ("candidate", pa.string()), ("messages", pa.list_(MESSAGE))])

@@ -1,4 +1,5 @@
-"""The rule judge and the filter on small tables the test writes: scores, the inclusive
+"""The judges and the filter on small tables the test writes: the rule's scores, an LLM
+judge on the loopback server (verdicts scripted through a replaced template), the inclusive
 threshold, error rows dropped, and held-out splits kept out of training."""
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def _context(root, **judge) -> StageContext:
 def test_rule_judge_scores_parsable_answers_only(run_dir):
     root, kinds = run_dir
     summary = BY_NAME["judge"].run(_context(root))
-    rows = storage.read_table(str(root / "judgements")).to_pylist()
-    assert summary == {"rows": 15, "passed": 5}
+    rows = storage.read_table(str(root / "judgements" / "scores")).to_pylist()
+    assert summary == {"rows": 15, "passed": 5, "unparsable": 5, "errors": 5}
     assert {row["id"]: row["score"] for row in rows} == {i: float(k == "ok") for i, k in kinds.items()}
     assert {row["candidate"] for row in rows} == {"teacher"}
     by_kind = {kinds[row["id"]]: row["rationale"] for row in rows}
@@ -65,3 +66,49 @@ def test_filter_keeps_passed_answers_of_training_splits_only(run_dir, min_score,
         for row in rows:  # the prompt plus the teacher's answer; error rows never, even at 0
             assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["messages"][1]["content"]
     assert not storage.exists(str(root / "sft" / "test"))
+
+
+# The loopback server answers a prompt that is no multiple-choice question with "ok: " and the
+# first words of the prompt: this template scripts the verdict from the answer being judged
+# (the right letter scores 5 of 5, anything else 2), and so also shows that a user's template
+# replaces the rubric's own.
+SCRIPTED_TEMPLATE = "Score: {{ 5 if answer == reference else 2 }} because {{ answer }} from {{ scale_low }}-{{ scale_high }}\n"
+
+
+def test_llm_judge_grades_through_the_batch_layer_and_the_filter_keeps_what_passes(run_dir, tmp_path):
+    from kdist.testing.llm_server import LLMServer, ServerSettings
+
+    root, kinds = run_dir
+    template = tmp_path / "verdict.j2"
+    template.write_text(SCRIPTED_TEMPLATE)
+    with LLMServer(ServerSettings()) as server:
+        judge = {"kind": "openai", "model": "judge-m", "endpoint": server.openai_base_url, "rubric": "reference_guided",
+                 "template": str(template), "scale": "1-5", "min_score": 0.75}  # fmt: skip
+        context = StageContext(validate_config({"teacher": {"model": "t"}, "student": {"model": "s"},
+                                                "run": {"output_dir": str(root)}, "judge": judge}), str(root))  # fmt: skip
+        summary = BY_NAME["judge"].run(context)
+        again = BY_NAME["judge"].run(context)  # exact resume: nothing is asked twice
+        assert again["inference"]["this_run"]["requested"] == 0
+        assert server.stats()["total"] == 10
+    rows = {row["id"]: row for row in storage.read_table(str(root / "judgements" / "scores")).to_pylist()}
+    # Error rows are never sent to the judge; the right letter scores 5 (1.0), the rest 2 (0.25).
+    assert set(rows) == {i for i, k in kinds.items() if k != "error"}
+    for i, row in rows.items():
+        assert row["judge"] == "openai:judge-m" and row["rubric"] == "reference_guided" and row["status"] == "ok"
+        assert (row["raw_score"], row["score"]) == ((5.0, 1.0) if kinds[i] == "ok" else (2.0, 0.25))
+        assert row["request_hash"]
+    assert summary["rows"] == 10 and summary["passed"] == 5 and summary["unparsable"] == 0
+    BY_NAME["filter"].run(context)
+    kept = {row["id"] for split in ("train", "validation") for row in storage.read_table(str(root / "sft" / split)).to_pylist()}
+    assert kept == {i for i, k in kinds.items() if k == "ok" and not i.startswith("test-")}
+
+
+def test_llm_judge_needs_what_its_rubric_grades_against(run_dir):
+    from kdist.errors import UsageError
+
+    root, _ = run_dir
+    judge = {"kind": "openai", "model": "j", "endpoint": "http://127.0.0.1:9/v1", "rubric": "groundedness"}
+    context = StageContext(validate_config({"teacher": {"model": "t"}, "student": {"model": "s"},
+                                            "run": {"output_dir": str(root)}, "judge": judge}), str(root))  # fmt: skip
+    with pytest.raises(UsageError, match=r"row with id '.+': judge.rubric groundedness needs a context passage"):
+        BY_NAME["judge"].run(context)
