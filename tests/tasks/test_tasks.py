@@ -1,0 +1,250 @@
+"""Each task: its template renders, its parser reads good, bad and chatty model outputs, and
+its metrics are right on hand-made cases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kdist.tasks import TASKS, RowError, task_for
+from kdist.tasks.base import TaskSettings
+from kdist.tasks.multiple_choice import MultipleChoice, parse_choice
+
+# --- the registry ------------------------------------------------------------------------------
+
+
+def test_every_task_has_settings_of_its_own_kind_and_a_template_that_renders():
+    for name, task_class in TASKS.items():
+        task = task_class()
+        assert task.settings.kind == name and task.Settings.FIELDS
+        assert task.headline in task.metrics([], [], []) or task.headline in ("accuracy",)
+
+
+def test_a_column_mapping_names_only_fields_of_the_task():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="'premis' is not a field of this task; fields: premise, hypothesis, label"):
+        TASKS["nli"].Settings(columns={"premis": "sentence1"})
+
+
+def test_a_template_from_the_config_replaces_the_packaged_one_and_must_compile():
+    from pydantic import ValidationError
+
+    task = task_for(TASKS["qa"].Settings(template="Q: {{ question }}"))
+    assert task.prompt({"question": "Why?"}).messages == [{"role": "user", "content": "Q: Why?"}]
+    with pytest.raises(ValidationError, match="not a valid Jinja2 template"):
+        TASKS["qa"].Settings(template="{{ question ")
+    with pytest.raises(RowError, match="data.task.template: 'nope' is undefined"):
+        task_for(TASKS["qa"].Settings(template="{{ nope }}")).prompt({"question": "Why?"})
+
+
+def test_missing_and_empty_columns_are_row_errors_naming_the_column():
+    task = task_for(TASKS["nli"].Settings(columns={"premise": "sentence1"}))
+    with pytest.raises(RowError, match=r"missing column 'sentence1' \(task field 'premise'; the row has: hypothesis\)"):
+        task.prompt({"hypothesis": "h"})
+    with pytest.raises(RowError, match="column 'hypothesis' is empty"):
+        task.prompt({"sentence1": "p", "hypothesis": "  "})
+
+
+# --- multiple_choice ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("B", "B"), (" (C) cat", "C"), ("D) drum", "D"), ("The answer is E.", "E"), ("answer: a", "A"),
+     ("**B**", "B"), ("E.", "E"), ("B, because apples grow on trees", "B"),
+     ("Sure! The correct answer is (C) cat.", "C"), ("I would say the answer is B because it is a fruit.", "B"),
+     ("Answer: **D**", "D"), ("answer is (c) because", "C"),
+     # no letter named: the article of a sentence, a word after "the answer is", nothing at all
+     ("A cat sat on the mat.", None), ("The answer is a cat", None), ("A.I. is everywhere", None),
+     ("", None), (None, None), ("Z", None), ("I think so", None)],
+)
+def test_parse_choice(text, expected):
+    assert parse_choice(text) == expected
+
+
+def test_parse_choice_respects_allowed_letters():
+    assert parse_choice("E", letters="ABC") is None
+
+
+def test_multiple_choice_prompt_keeps_the_demo_wording_and_reads_commonsenseqa():
+    assert MultipleChoice("Which?", ["x", "y", "z"], "B").user_message() == "Which? A) x B) y C) z Answer with the letter only."
+    task = TASKS["multiple_choice"]()
+    prompt = task.prompt({"question": "Where is ice?", "answer": "B",
+                          "choices": {"label": ["A", "B", "C"], "text": ["oven", "freezer", "sun"]}}, "Be brief.")  # fmt: skip
+    assert prompt.messages[0] == {"role": "system", "content": "Be brief."}
+    assert prompt.reference == "B" and prompt.label == "B" and prompt.meta == {"choices": ["oven", "freezer", "sun"]}
+    assert task.prompt({"question": "q", "choices": ["a", "b"], "answer": 1}).reference == "B"
+    assert task.prompt({"question": "q", "choices": ["a", "b"], "answer": "a"}).reference == "A"
+    with pytest.raises(RowError, match="answer 'Q' is not a letter A-B"):
+        task.prompt({"question": "q", "choices": ["a", "b"], "answer": "Q"})
+    assert task.parse("E", {"choices": ["a", "b", "c"]}) is None  # only three choices
+
+
+def test_no_answer_never_equals_no_reference():
+    task = TASKS["multiple_choice"]()
+    assert task.score(None, "A", {}) == 0.0
+    with pytest.raises(ValueError, match="without a reference"):
+        task.score(None, None, {})
+
+
+# --- nli ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("Entailment.", "entailment"), ("contradiction", "contradiction"), ("  **Neutral**", "neutral"),
+     ("The premise entails the hypothesis.", "entailment"),
+     ("Let me think. A man sleeping cannot be running, so the answer is: contradiction.", "contradiction"),
+     ("It is not entailment; the relationship is neutral.", "neutral"),
+     ("This is not an entailment.", None), ("entailment or contradiction, hard to say", "entailment"),
+     ("I cannot tell.", None), ("", None)],
+)
+def test_nli_parse(text, expected):
+    assert TASKS["nli"]().parse(text, {}) == expected
+
+
+def test_nli_labels_as_text_or_index_and_outside_the_set():
+    task = TASKS["nli"]()
+    assert task.prompt({"premise": "p", "hypothesis": "h", "label": 2}).reference == "contradiction"
+    assert task.prompt({"premise": "p", "hypothesis": "h", "label": "Neutral"}).label == "neutral"
+    with pytest.raises(RowError, match="label 'maybe' is not one of entailment, neutral, contradiction"):
+        task.prompt({"premise": "p", "hypothesis": "h", "label": "maybe"})
+    with pytest.raises(RowError, match="label -1 is not one of"):
+        task.prompt({"premise": "p", "hypothesis": "h", "label": -1})
+    assert "Answer with one word: entailment, neutral, contradiction." in task.prompt({"premise": "p", "hypothesis": "h"}).messages[0]["content"]
+
+
+# --- qa ----------------------------------------------------------------------------------------
+
+
+def test_qa_parse_score_and_metrics():
+    task = TASKS["qa"]()
+    prompt = task.prompt({"question": "Capital of France?", "context": "Paris is the capital.",
+                          "answer": {"text": ["Paris", "the city of Paris"], "answer_start": [0, 0]}})  # fmt: skip
+    assert prompt.messages[0]["content"].startswith("Context: Paris is the capital.\n\nQuestion: Capital of France?")
+    assert prompt.reference == "Paris" and prompt.meta == {"answers": ["Paris", "the city of Paris"]}
+    assert task.parse("The answer is Paris.", {}) == "Paris"
+    assert task.parse("Sure! Answer: **Paris**\nIt is the capital.", {}) == "Paris"
+    assert task.parse("   ", {}) is None
+    answers = ["Paris", "city of Paris France", None]
+    refs = ["Paris", "Paris", "Rome"]
+    metas = [{"answers": ["Paris"]}, {"answers": ["the city of Paris"]}, {}]
+    result = task.metrics(answers, refs, metas)
+    assert result["exact_match"] == round(1 / 3, 4)
+    assert result["f1"] == round((1 + 2 * (3 / 4 * 1) / (3 / 4 + 1)) / 3, 4)  # P 3/4, R 1
+    assert result["parsed"] == round(2 / 3, 4)
+
+
+def test_qa_without_context_renders_question_only():
+    content = TASKS["qa"]().prompt({"question": "Why?"}).messages[0]["content"]
+    assert content == "Question: Why?\nAnswer briefly."
+
+
+# --- math --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("She sells 16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n#### 18", "18"), ("The answer is 1,234.", "1234"),
+     ("so the total is $42.00. The answer is: 42", "42"), ("\\boxed{3.5}", "3.5"),
+     ("First 3 apples, then 4 more: 7 apples in all.", "7"), ("-5", "-5"), ("I don't know", None), (None, None)],
+)
+def test_math_parse(text, expected):
+    assert TASKS["math"]().parse(text, {}) == expected
+
+
+def test_math_reference_from_gsm8k_solution():
+    task = TASKS["math"]()
+    prompt = task.prompt({"question": "How many?", "answer": "2 + 2 = <<2+2=4>>4\n#### 4"})
+    assert prompt.reference == "4" and "#### <number>" in prompt.messages[0]["content"]
+    assert task.score(task.parse("The answer is 4.0", {}), prompt.reference, {}) == 1.0
+    with pytest.raises(RowError, match="holds no number"):
+        task.prompt({"question": "q", "answer": "four"})
+
+
+# --- summarization and conversation ------------------------------------------------------------
+
+
+def test_summarization_rouge_on_hand_made_cases():
+    task = TASKS["summarization"]()
+    assert task.parse("Here is a short summary of the text: The cat sat.", {}) == "The cat sat."
+    perfect = task.metrics(["the cat sat on the mat"], ["the cat sat on the mat"], [{}])
+    assert perfect["rouge1"] == perfect["rouge2"] == perfect["rougeL"] == 1.0
+    half = task.metrics(["the cat"], ["the cat sat down"], [{}])
+    assert half["rouge1"] == round(2 * 1 * 0.5 / 1.5, 4)  # P 1, R 1/2
+    assert task.metrics([None], ["x"], [{}])["rougeL"] == 0.0
+
+
+def test_conversation_takes_the_last_assistant_turn_as_reference():
+    task = TASKS["conversation"]()
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Recipe for tea?"}, {"role": "assistant", "content": "Boil water, add tea."}]  # fmt: skip
+    prompt = task.prompt({"messages": chat}, "Be kind.")
+    assert [t["role"] for t in prompt.messages] == ["system", "user", "assistant", "user"]
+    assert prompt.reference == "Boil water, add tea."
+    assert task.prompt({"messages": chat[:3]}).reference is None
+    with pytest.raises(RowError, match="must end with a user turn"):
+        task.prompt({"messages": chat[:2] + [{"role": "assistant", "content": "more"}]})
+    with pytest.raises(RowError, match="turn 1: role must be one of system, user, assistant"):
+        task.prompt({"messages": [chat[0], {"role": "bot", "content": "x"}]})
+    assert task.score("Boil water, add tea.", prompt.reference, {}) == 1.0
+
+
+# --- extraction --------------------------------------------------------------------------------
+
+TICKET = {"sentiment": 2, "topic": "billing", "summary": "charged twice", "urgency": "high"}
+
+
+def test_extraction_parses_json_inside_chatty_text_and_checks_the_schema():
+    task = TASKS["extraction"]()
+    chatty = "Sure! Here is the triage:\n```json\n" + json.dumps({**TICKET, "topic": "Billing", "sentiment": "2"}) + "\n```\nAnything else?"
+    assert json.loads(task.parse(chatty, {})) == TICKET
+    assert task.parse(json.dumps({**TICKET, "urgency": "asap"}), {}) is None  # not a choice
+    assert task.parse(json.dumps({**TICKET, "sentiment": 9}), {}) is None  # out of 1-5
+    assert task.parse("no json here", {}) is None
+    content = task.prompt({"text": "I was charged twice!"}).messages[0]["content"]
+    assert '"urgency": How urgent is it (low, medium or high)? One of: low, medium, high.' in content
+
+
+def test_extraction_per_field_accuracy_and_fully_correct_rate():
+    task = TASKS["extraction"]()
+    reference = task.prompt({"text": "t", "answer": TICKET}).reference
+    wrong_topic = json.dumps({**TICKET, "topic": "shipping", "summary": "other words"})
+    result = task.metrics([json.dumps(TICKET), wrong_topic, None], [reference] * 3, [{}] * 3)
+    assert result["field_accuracy.sentiment"] == round(2 / 3, 4)
+    assert result["field_accuracy.topic"] == round(1 / 3, 4)
+    assert "field_accuracy.summary" not in result  # free text is not scored
+    assert result["fully_correct"] == round(1 / 3, 4) and result["parsed"] == round(2 / 3, 4)
+    with pytest.raises(RowError, match="not an answer of the fields"):
+        task.prompt({"text": "t", "answer": {"sentiment": 2}})
+
+
+# --- grading -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [('{"score": 0.9, "rationale": "right"}', "0.9"), ('Sure. ```json\n{"rationale": "half", "score": "0.5"}\n```', "0.5"),
+     ("Score: 1\nRationale: correct.", "1"), ('{"score": 7}', None), ("looks fine", None)],
+)
+def test_grading_parse(text, expected):
+    assert TASKS["grading"]().parse(text, {}) == expected
+
+
+def test_grading_metrics_are_the_judge_agreement_functions():
+    task = TASKS["grading"]()
+    assert task.prompt({"question": "q", "answer": "a", "score": 0.85}).label == "True"
+    with pytest.raises(RowError, match=r"score 1.5 is not a number in \[0, 1\]"):
+        task.prompt({"question": "q", "answer": "a", "score": 1.5})
+    result = task.metrics(["0.9", "0.2", "0.85", None], ["1", "0.1", "0.5", "0.9"], [{}] * 4)
+    assert result["agreement"] == 0.5  # rows 1, 2 agree; row 3 disagrees; row 4 unparsed
+    # Over the three parsed rows: x - mean = (.25, -.45, .2), y - mean = (.4667, -.4333, -.0333)
+    assert result["pearson"] == pytest.approx(0.305 / (0.305 * 0.40667) ** 0.5, abs=1e-3)
+    assert result["spearman"] == 1.0  # same order on both sides
+    assert result["mae"] == round((0.1 + 0.1 + 0.35) / 3, 4)
+
+
+def test_task_settings_base_is_not_a_task():
+    assert TaskSettings.FIELDS == ()
