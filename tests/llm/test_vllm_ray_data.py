@@ -1,5 +1,6 @@
 """The vllm backend through Ray Data on CPU (vLLM's CPU build, a tiny offline model), driven by
-the generate stage through the batch-inference layer: every prompt answered once, with usage and top-k logprobs as token ids."""
+the generate stage through the batch-inference layer: every prompt answered once, with usage and top-k logprobs as token ids;
+then the same model as the judge stage's LLM judge."""
 
 from __future__ import annotations
 
@@ -35,9 +36,22 @@ def test_generate_stage_with_the_vllm_backend(tiny_model_dir, make_requests, tmp
         "sampling": {"max_tokens": 4, "top_logprobs": 2}, "engine_kwargs": {"max_model_len": 128, "dtype": "float32"},
         "min_success_ratio": 1.0,
     }  # fmt: skip
-    config = RunConfig(teacher=section, student={"model": "unused"}, runtime={"num_cpus": 2, "log_to_driver": False})
+    # The same tiny model as an LLM judge, through the same layer (its random verdicts are
+    # mostly unreadable: what counts here is that every answer is asked and accounted for).
+    (tmp_path / "judge.j2").write_text("Rate from {{ scale_low }} to {{ scale_high }}: {{ answer }}")
+    judge = {
+        "kind": "vllm", "model": str(tiny_model_dir), "batch_size": 16, "template": str(tmp_path / "judge.j2"),
+        "sampling": {"max_tokens": 4}, "engine_kwargs": {"max_model_len": 128, "dtype": "float32"},
+    }  # fmt: skip
+    config = RunConfig(teacher=section, judge=judge, student={"model": "unused"},
+                       runtime={"num_cpus": 2, "log_to_driver": False})  # fmt: skip
     with ray_session(config):
         summary = BY_NAME["generate"].run(StageContext(config, str(tmp_path)))
+        judged = BY_NAME["judge"].run(StageContext(config, str(tmp_path)))
+    assert judged["rows"] == 40 and judged["inference"]["done"] == 40 and judged["errors"] == 0
+    for row in pq.read_table(tmp_path / "judgements" / "scores").to_pylist():
+        assert row["judge"] == f"vllm:{tiny_model_dir}" and row["status"] in ("ok", "unparsable")
+        assert (row["score"] is None) == (row["status"] == "unparsable")
     rows = pq.read_table(tmp_path / "responses" / "answers").to_pylist()
     assert sorted(row["id"] for row in rows) == sorted(r.id for r in requests)
     assert summary["done"] == 40 and summary["failed"] == {}
