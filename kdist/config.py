@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kdist.endpoints import SamplingSection, Section, endpoint_union, kind_for_field, kind_of
 from kdist.judging.rubrics import SINGLE_RUBRICS
+from kdist.tasks import TASKS, TaskSettingsUnion
 
 
 class ConfigError(ValueError):
@@ -53,35 +54,103 @@ class SyntheticSource(Section):
 
 
 class FileSource(Section):
-    """Local or object-storage JSONL/Parquet rows (path may be s3://, gs://, abfs://)."""
+    """Local or object-storage JSONL, CSV or Parquet rows: one file, or a directory of them
+    (path may be s3://, gs://, abfs://). Which column holds what is the task's column mapping
+    (data.task.columns); the source names only its own columns."""
 
-    kind: Literal["jsonl", "parquet"]
+    kind: Literal["jsonl", "csv", "parquet"]
     path: str
-    # Column names in the source rows.
-    question_field: str = "question"
-    choices_field: str = "choices"
-    answer_field: str | None = "answer"
-    split_field: str | None = "split"
+    split_field: str | None = "split"  # rows without one go to `train` (or to data.splits)
+    id_field: str | None = "id"  # rows without one get a hash of their prompt
 
 
 class HFSource(Section):
-    """A Hugging Face `datasets` dataset (a hub id, which needs network, or a local dir)."""
+    """A Hugging Face dataset through `datasets`: a hub id (needs network), a local dataset
+    directory or data files (`data_files`), or a `save_to_disk` copy (read with
+    `load_from_disk`). `splits` maps kdist's split names to the dataset's."""
 
     kind: Literal["hf"]
     path: str
     name: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
     splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "test": "test"})
-    question_field: str = "question"
-    choices_field: str = "choices"
-    answer_field: str | None = "answerKey"
+    # Iterate without downloading the whole dataset first (hub datasets of many GB).
+    streaming: bool = False
+    id_field: str | None = "id"
+
+
+class ExportSource(Section):
+    """The export of a synthetic-data tool: each row a prompt (mapped by the task's columns),
+    a completion and a quality score. Rows scoring above `min_score` (strictly, on the
+    source's own scale: the customer-support recipe keeps > 4.9 of 1-5) are kept, and their
+    completion is stored as the answer of candidate `source` in responses/: judge, filter and
+    train read it as they read a teacher's, and no teacher is asked for it."""
+
+    kind: Literal["synthetic_export"]
+    path: str
+    format: Literal["jsonl", "csv", "parquet"] | None = None  # None: from the file suffix
+    completion_field: str = "completion"
+    score_field: str = "score"
+    min_score: float
+    split_field: str | None = "split"
+    id_field: str | None = "id"
+
+
+class SampleSection(Section):
+    """A few rows for a trial: the first N source rows, or N at random (seeded by run.seed)."""
+
+    n: int = Field(ge=1)
+    how: Literal["first", "random"] = "first"
+
+
+def _task_kind_as_mapping(value: Any) -> Any:
+    # `task: nli` is short for `task: {kind: nli}` (a task with its default settings).
+    return {"kind": value} if isinstance(value, str) else value
 
 
 class DataSection(Section):
-    task: Literal["multiple_choice"] = "multiple_choice"
-    source: SyntheticSource | FileSource | HFSource = Field(
+    task: TaskSettingsUnion = Field(default_factory=lambda: TASKS["multiple_choice"].Settings())
+    source: SyntheticSource | FileSource | HFSource | ExportSource = Field(
         default_factory=SyntheticSource, discriminator="kind"
     )
     system_prompt: str | None = None
+    sample: SampleSection | None = None
+    # Split name -> fraction of the rows (0.7) or count (100): every row gets one of these
+    # splits (its source split column is then ignored), seeded by run.seed; the rest is left
+    # out and counted. None: the source's split column, `train` where there is none.
+    splits: dict[str, float | int] | None = None
+    # Splits keep the label proportions of the data (for tasks with labels).
+    stratify: bool = True
+    # error: a bad source row stops prepare with one line naming it; skip: it is left out and
+    # counted in the stage summary.
+    on_bad_row: Literal["error", "skip"] = "error"
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, value: Any) -> Any:
+        return _task_kind_as_mapping(value)
+
+    @field_validator("splits")
+    @classmethod
+    def _fractions_or_counts(cls, splits: dict[str, float | int] | None) -> dict[str, float | int] | None:
+        if splits is None:
+            return None
+        if not splits:
+            raise ValueError("name at least one split, e.g. {train: 0.7, validation: 0.3}")
+        counts = [isinstance(v, int) for v in splits.values()]
+        if any(counts) and not all(counts):
+            raise ValueError("give every split a fraction (0.7) or every split a count (100), not both")
+        if all(counts) and min(splits.values()) < 1:
+            raise ValueError("split counts must be at least 1")
+        if not any(counts) and (min(splits.values()) <= 0 or sum(splits.values()) > 1 + 1e-9):
+            raise ValueError("split fractions must be > 0 and add up to at most 1")
+        return splits
+
+    @model_validator(mode="after")
+    def _synthetic_is_multiple_choice(self) -> DataSection:
+        if self.source.kind == "synthetic_mc" and self.task.kind != "multiple_choice":
+            raise ValueError(f"source kind synthetic_mc makes multiple_choice rows, not {self.task.kind}")
+        return self
 
 
 class TeacherRole(Section):
@@ -154,11 +223,27 @@ class LoraSection(Section):
     modules_to_save: list[str] = Field(default_factory=list)
 
 
-class KDSection(Section):
-    """How the student learns from the teacher (the loss math: kdist/train/losses.py)."""
+class OnPolicySection(Section):
+    """train.kd.mode on_policy: how the student completes its share of each batch's prompts."""
 
-    # sequence: SFT on the teacher's answers; logit: alpha*CE + (1-alpha)*T^2*D(teacher||student)
-    mode: Literal["sequence", "logit"] = "sequence"
+    # lambda: the fraction of each batch's prompts the student completes itself (the rest keep
+    # the training set's completions, the teacher's answers). Named lmbda as in TRL's GKD.
+    lmbda: float = Field(default=0.5, ge=0.0, le=1.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0: greedy")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=32, ge=1)
+
+
+class KDSection(Section):
+    """How the student learns from the teacher (the loss math: kdist/train/losses.py).
+
+    Defaults that depend on the mode (filled in when left out): logit KD reads the offline
+    top-k with forward KL and alpha 0.5; on_policy scores with the online teacher, reverse KL
+    and alpha 0 (the README's "distillation modes" says why)."""
+
+    # sequence: SFT on the teacher's answers; logit: alpha*CE + (1-alpha)*T^2*D(teacher||student);
+    # on_policy: T^2*D on completions the student partly writes itself (train.kd.on_policy).
+    mode: Literal["sequence", "logit", "on_policy"] = "sequence"
     # online: the teacher model (teacher.model, local HF dir) runs frozen on the training
     # workers; offline: the top-k logprobs stored by generate (teacher.sampling.top_logprobs).
     teacher_logits: Literal["online", "offline"] = "offline"
@@ -171,6 +256,41 @@ class KDSection(Section):
     # Sequence-level KD: also train on the ground-truth answer for this fraction of the rows
     # whose prompt has a reference (0: teacher answers only).
     ground_truth_mix: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Logit KD between different vocabularies (online teacher): uld compares sorted probability
+    # vectors, align maps the teacher's probabilities onto the student's tokens of the same
+    # string; both at positions where the two tokenizations start at the same character.
+    cross_tokenizer: Literal["uld", "align"] | None = None
+    on_policy: OnPolicySection = Field(default_factory=OnPolicySection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            on_policy = data.get("mode") == "on_policy"
+            data = {"teacher_logits": "online" if on_policy else "offline",
+                    "divergence": "reverse_kl" if on_policy else "forward_kl",
+                    "alpha": 0.0 if on_policy else 0.5, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _modes_fit(self) -> KDSection:
+        if self.mode == "on_policy" and self.teacher_logits != "online":
+            raise ValueError("train.kd.mode on_policy needs train.kd.teacher_logits online: the "
+                             "teacher scores the student's own samples")
+        if self.mode == "on_policy" and self.alpha != 0.0:
+            raise ValueError("train.kd.alpha must be 0 with train.kd.mode on_policy: CE on the "
+                             "student's own samples would reinforce them")
+        if self.cross_tokenizer and self.mode != "logit":
+            raise ValueError(f"train.kd.cross_tokenizer works with train.kd.mode logit (not "
+                             f"{self.mode})")
+        if self.cross_tokenizer and self.teacher_logits != "online":
+            raise ValueError("train.kd.cross_tokenizer needs train.kd.teacher_logits online: "
+                             "offline top-k across tokenizers needs the teacher's token strings "
+                             "and character offsets, which generate does not store yet")
+        if self.cross_tokenizer and self.ground_truth_mix:
+            raise ValueError("train.kd.ground_truth_mix is not supported with "
+                             "train.kd.cross_tokenizer; set it to 0")
+        return self
 
 
 class TrainSection(Section):
@@ -207,6 +327,14 @@ class TrainSection(Section):
     def _offload_params_needs_zero3(self) -> TrainSection:
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3")
+        return self
+
+    @model_validator(mode="after")
+    def _packing_fits_the_kd_mode(self) -> TrainSection:
+        # Both rebuild rows per example (student samples; a second tokenization).
+        if self.packing and (self.kd.mode == "on_policy" or self.kd.cross_tokenizer):
+            raise ValueError("train.packing works with neither train.kd.mode on_policy nor "
+                             "train.kd.cross_tokenizer; set train.packing false")
         return self
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow.compute as pc
 
 from kdist import storage
-from kdist.data.tasks import parse_answer
 from kdist.llm.store import ResponseStore
+from kdist.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,9 @@ def chat_records(prompts: list[dict[str, Any]], responses: dict[str, dict[str, A
         response = responses.get(prompt["id"])
         if response is None or response["error"] is not None:
             continue
-        if not include_unparsable and parse_answer(prompt["task"], prompt["meta"], response["response"]) is None:
+        # The prompt row names its task; its default settings parse it (labels of a custom
+        # set are not known here: export `--include-unparsable` keeps everything).
+        if not include_unparsable and TASKS[prompt["task"]]().parse_stored(response["response"], prompt["meta"]) is None:
             continue
         messages = [{"role": m["role"], "content": m["content"]} for m in prompt["messages"]]
         records.append({"messages": [*messages, {"role": "assistant", "content": response["response"] or ""}]})

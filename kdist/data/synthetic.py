@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from kdist.data.tasks import LETTERS, MultipleChoice
+from kdist.tasks.multiple_choice import LETTERS, MultipleChoice
 
 CATEGORIES: dict[str, list[str]] = {
     "fruit": ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum"],

@@ -10,6 +10,7 @@ results, metrics.json and report.md with a plot to eval/.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -18,13 +19,13 @@ import pyarrow.compute as pc
 
 from kdist import storage
 from kdist.config import RunConfig
-from kdist.data.tasks import parse_answer
 from kdist.endpoints import Endpoint, HFEndpoint, VLLMEndpoint
 from kdist.errors import UsageError
 from kdist.llm.batch import run_inference
 from kdist.llm.store import ResponseStore
 from kdist.rows import PROMPT_SCHEMA
 from kdist.stages import StageContext
+from kdist.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ RESULT_SCHEMA = pa.schema(
         ("response", pa.string()),
         ("answer", pa.string()),
         ("reference", pa.string()),
-        ("correct", pa.bool_()),
+        ("score", pa.float64()),  # the task's score in [0, 1] (kdist.tasks)
+        ("correct", pa.bool_()),  # score 1
     ]
 )
 
@@ -54,11 +56,13 @@ def run(context: StageContext) -> dict[str, Any]:
         run_inference(_requests(prompts, name), student_endpoint(config, model), store_uri,
                       expected_rows=prompts.num_rows, label=f"evaluate {name}")  # fmt: skip
         answers[name] = _stored_answers(ResponseStore(store_uri), prompts, name)
-    results = [_result(prompt, name, answers[name].get(prompt["id"]))
+    task = task_for(config.data.task)
+    results = [_result(task, prompt, name, answers[name].get(prompt["id"]))
                for name in ("teacher", *models) for prompt in prompts.to_pylist()]  # fmt: skip
     storage.write_table(storage.join(out, "results.parquet"), pa.Table.from_pylist(results, schema=RESULT_SCHEMA))
     accuracy = _accuracy_by_model(results)
-    metrics = {"accuracy": accuracy, "split": split, "rows": prompts.num_rows}
+    metrics = {"accuracy": accuracy, "split": split, "rows": prompts.num_rows, "task": task.name,
+               "headline": task.headline, "metrics": _task_metrics(task, prompts, results)}  # fmt: skip
     storage.write_json(storage.join(out, "metrics.json"), metrics)
     _write_report(out, metrics)
     log.info("evaluate on %s (%d rows): %s", split, prompts.num_rows, accuracy)
@@ -98,10 +102,22 @@ def _stored_answers(store: ResponseStore, prompts: pa.Table, candidate: str) -> 
     return found
 
 
-def _result(prompt: dict[str, Any], model: str, text: str | None) -> dict[str, Any]:
-    answer = parse_answer(prompt["task"], prompt["meta"], text)
+def _result(task: Task, prompt: dict[str, Any], model: str, text: str | None) -> dict[str, Any]:
+    meta = json.loads(prompt["meta"]) if prompt["meta"] else {}
+    answer = task.parse(text, meta)
+    score = task.score(answer, prompt["reference"], meta)  # labelled rows only (_labelled_prompts)
     return {"id": prompt["id"], "model": model, "response": text, "answer": answer,
-            "reference": prompt["reference"], "correct": answer == prompt["reference"]}
+            "reference": prompt["reference"], "score": score, "correct": score >= 1.0 - 1e-9}
+
+
+def _task_metrics(task: Task, prompts: pa.Table, results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The task's own metrics (ROUGE, exact match and F1, agreement...) for each model."""
+    metas = {row["id"]: json.loads(row["meta"]) if row["meta"] else {} for row in prompts.select(["id", "meta"]).to_pylist()}
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in results:
+        by_model.setdefault(row["model"], []).append(row)
+    return {model: task.metrics([r["answer"] for r in rows], [r["reference"] for r in rows], [metas[r["id"]] for r in rows])
+            for model, rows in by_model.items()}  # fmt: skip
 
 
 def _accuracy_by_model(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -144,5 +160,17 @@ def _write_report(out_dir: str, metrics: dict[str, Any]) -> None:
         "",
         "![accuracy](accuracy.png)",
         "",
+        *_task_metrics_table(metrics, order),
     ]
     storage.write_text(storage.join(out_dir, "report.md"), "\n".join(lines))
+
+
+def _task_metrics_table(metrics: dict[str, Any], order: list[str]) -> list[str]:
+    per_model = metrics.get("metrics") or {}
+    names = list(next(iter(per_model.values()), {}))
+    if not names:
+        return []
+    shown = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
+    return [f"Task `{metrics['task']}` metrics (headline: {metrics['headline']}):", "",
+            "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+            *[f"| {m} | " + " | ".join(shown(per_model[m].get(n)) for n in names) + " |" for m in order if m in per_model], ""]  # fmt: skip

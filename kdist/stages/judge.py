@@ -24,7 +24,6 @@ from typing import Any
 import pyarrow as pa
 
 from kdist import dataflow, storage
-from kdist.data.tasks import parse_answer
 from kdist.errors import UsageError
 from kdist.judging.rubrics import RUBRICS, conversation_text, load_template
 from kdist.judging.verdicts import Scale, parse_grade
@@ -32,12 +31,13 @@ from kdist.llm.batch import format_summary, run_inference
 from kdist.llm.store import ResponseStore
 from kdist.rows import JUDGEMENT_SCHEMA, JUDGEMENTS_TABLE, MESSAGE
 from kdist.stages import StageContext
+from kdist.tasks import TaskSettings, task_for
 
 log = logging.getLogger(__name__)
 
 RULE_RATIONALE = {
     "ok": "answer parses for the task",
-    "unparsable": "answer names no allowed choice",
+    "unparsable": "answer does not parse for the task",
     "error": "the teacher returned no answer",
 }
 JUDGE_ANSWERS = "answers"
@@ -47,8 +47,9 @@ def run(context: StageContext) -> dict[str, Any]:
     judge, out = context.config.judge, context.dir("judge")
     answers = ResponseStore(context.dir("generate")).dataset(["id", "candidate", "response", "error"])
     if judge.kind == "rule":
-        joined = dataflow.join_stored(answers, context.dir("prepare"), ["task", "meta"], on=("id",))
-        judged = joined.map_batches(rule_judgements, batch_format="pyarrow", num_cpus=0.1)
+        joined = dataflow.join_stored(answers, context.dir("prepare"), ["meta"], on=("id",))
+        judged = joined.map_batches(rule_judgements, fn_kwargs={"task": context.config.data.task},
+                                    batch_format="pyarrow", num_cpus=0.1)  # fmt: skip
         extra: dict[str, Any] = {}
     else:
         judged, extra = _llm_judgements(context, answers)
@@ -66,10 +67,12 @@ def _counts(scores_uri: str, min_score: float) -> dict[str, Any]:
     return {"rows": rows, "passed": passed, "unparsable": statuses.get("unparsable", 0), "errors": statuses.get("error", 0)}
 
 
-def rule_judgements(batch: pa.Table) -> pa.Table:
-    rows = []
+def rule_judgements(batch: pa.Table, task: TaskSettings) -> pa.Table:
+    """1.0 for an answer that parses for the run's task (data.task), 0.0 otherwise."""
+    parser, rows = task_for(task), []
     for row in batch.to_pylist():
-        status = "error" if row["error"] else ("ok" if parse_answer(row["task"], row["meta"], row["response"]) else "unparsable")
+        parsed = parser.parse_stored(row["response"], row["meta"]) if not row["error"] else None
+        status = "error" if row["error"] else ("ok" if parsed is not None else "unparsable")
         score = 1.0 if status == "ok" else 0.0
         rows.append({"id": row["id"], "candidate": row["candidate"], "judge": "rule", "rubric": "rule",
                      "raw_score": score, "score": score, "status": status, "rationale": RULE_RATIONALE[status]})  # fmt: skip

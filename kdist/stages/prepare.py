@@ -1,8 +1,17 @@
-"""The prepare stage: a source (synthetic, JSONL/Parquet, HF dataset) -> prompts/ rows.
+"""The prepare stage: a source -> prompts/ rows (kdist.rows.PROMPT_SCHEMA) for the run's task.
 
-Rows follow kdist.rows.PROMPT_SCHEMA and stream through Ray Data from the source to sharded
-Parquet: the driver never holds the rows. Ids are stable across reruns (the synthetic split and
-index, or the source's own id column, or a hash of the question), so later stages resume by id.
+Sources (kdist.data): the procedural demo task; JSONL, CSV and Parquet files, local or on
+object storage; Hugging Face datasets; exports of synthetic-data tools. The task
+(kdist.tasks, `data.task`) turns each source row into messages through its column mapping.
+
+Rows stream through Ray Data: workers read the source and build candidate rows into a
+temporary table beside prompts/; the driver reads only their key columns to decide
+duplicates, sampling and splits (kdist.data.selection); workers then write the chosen rows.
+An export's completions become answers of candidate `source` in responses/, so judge,
+filter and train read them as they read a teacher's.
+
+Every row is accounted for in the summary: bad rows skipped, rows below an export's
+min_score, duplicates removed, rows no split took, and rows of splits no stage uses.
 """
 
 from __future__ import annotations
@@ -13,36 +22,41 @@ import logging
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from kdist import storage
-from kdist.config import DataSection, FileSource, HFSource, SyntheticSource
-from kdist.data import synthetic
-from kdist.data.tasks import LETTERS, MultipleChoice
+from kdist import dataflow, storage
+from kdist.config import RunConfig, SyntheticSource
+from kdist.data import files, hf, synthetic
+from kdist.data.candidates import CANDIDATE_SCHEMA, unit_candidates
+from kdist.data.selection import KEY_COLUMNS, select
 from kdist.errors import UsageError
-from kdist.rows import PROMPT_SCHEMA
+from kdist.llm.store import ResponseStore, new_run_id
+from kdist.rows import PROMPT_SCHEMA, RESPONSE_SCHEMA
 from kdist.stages import StageContext
+from kdist.tasks import Task, task_for
+from kdist.tasks.multiple_choice import MultipleChoice
 
 log = logging.getLogger(__name__)
 
 SIDE_STAGE_CPUS = 0.1
 ROWS_PER_BLOCK = 4096
-SPLIT_COLUMN = "__split"
-INDEX_COLUMN = "__index"
+SOURCE_CANDIDATE = "source"
+SOURCE_RUN_PREFIX = "source"
 
 
 def run(context: StageContext) -> dict[str, Any]:
     config = context.config
     out = context.dir("prepare")
-    records = source_records(config.data, config.run.seed)
-    prompts = records.map_batches(
-        to_prompts, fn_kwargs={"data": config.data, "seed": config.run.seed},
-        batch_format="pyarrow", batch_size=ROWS_PER_BLOCK, num_cpus=SIDE_STAGE_CPUS,
-    )  # fmt: skip
-    storage.write_dataset(prompts, out, schema=PROMPT_SCHEMA)
+    if isinstance(config.data.source, SyntheticSource):
+        summary: dict[str, Any] = {}
+        check_splits(config, _synthetic_sizes(config.data.source))
+        storage.write_dataset(_synthetic_prompts(config), out, schema=PROMPT_SCHEMA)
+    else:
+        summary = _prepare_source(context, out)
     per_split = split_counts(out)
-    rows = sum(per_split.values())
-    log.info("prepare: %d prompts %s", rows, per_split)
-    return {"rows": rows, "splits": per_split}
+    summary = {"rows": sum(per_split.values()), "splits": per_split, **summary, "unused_splits": unused_splits(config, per_split)}
+    log.info("prepare: %d prompts %s", summary["rows"], per_split)
+    return summary
 
 
 def split_counts(prompts_uri: str) -> dict[str, int]:
@@ -51,160 +65,186 @@ def split_counts(prompts_uri: str) -> dict[str, int]:
     return {split: counts[split] for split in sorted(counts, key=str)}
 
 
-# --- sources as Ray Datasets ----------------------------------------------------------------------
+# --- what the run uses ----------------------------------------------------------------------------
 
 
-def source_records(data: DataSection, seed: int) -> Any:
-    source = data.source
-    if isinstance(source, SyntheticSource):
-        return _synthetic_records(source)
-    if isinstance(source, FileSource):
-        return _file_records(source)
-    if isinstance(source, HFSource):
-        return _hf_records(source)
-    raise UsageError(f"unknown data source {source!r}")  # pragma: no cover - the union forbids it
+def used_splits(config: RunConfig) -> set[str]:
+    """The splits some stage reads: the teacher's, the evaluated one, train and validation
+    when the source brings its own answers, and the demo teacher's training split."""
+    used = {*config.teacher.splits, config.evaluate.split}
+    if config.data.source.kind == "synthetic_export":
+        used |= {"train", "validation"}
+    if config.demo is not None:
+        used.add("teacher_train")
+    return used
 
 
-def _synthetic_records(source: SyntheticSource) -> Any:
-    """(split, index) rows only: the workers make each question from its (seed, split, index)."""
-    import ray.data
+def check_splits(config: RunConfig, per_split: dict[str, int]) -> None:
+    """A split the teacher is to answer must have rows: asking for none is a mistake (a typo
+    in teacher.splits or in the data), not a run that succeeds with nothing done."""
+    for split in config.teacher.splits:
+        if not per_split.get(split):
+            found = ", ".join(f"{name} {count}" for name, count in sorted(per_split.items())) or "none"
+            raise UsageError(f"teacher.splits names '{split}', which has no rows in the data (splits found: {found})")
 
+
+def unused_splits(config: RunConfig, per_split: dict[str, int]) -> dict[str, int]:
+    unused = {split: count for split, count in per_split.items() if split not in used_splits(config)}
+    if unused:
+        log.warning("prepare: rows of splits no stage uses (not in teacher.splits nor evaluate.split): %s", unused)
+    return unused
+
+
+# --- the procedural demo task ---------------------------------------------------------------------
+
+
+def _synthetic_sizes(source: SyntheticSource) -> dict[str, int]:
     sizes = {"teacher_train": source.teacher_train, "train": source.train,
              "validation": source.validation, "test": source.test}  # fmt: skip
+    return {split: size for split, size in sizes.items() if size}
+
+
+def _synthetic_prompts(config: RunConfig) -> Any:
+    """(split, index) rows only: the workers make each question from its (seed, split, index).
+    Rows are unique by construction: no selection pass."""
+    import ray.data
+
     parts = [
         ray.data.range(size, override_num_blocks=max(1, size // ROWS_PER_BLOCK)).map_batches(
-            _label_split, fn_kwargs={"split": split}, batch_format="pyarrow", num_cpus=SIDE_STAGE_CPUS
+            _synthetic_rows, fn_kwargs={"split": split, "config": config}, batch_format="pyarrow", num_cpus=SIDE_STAGE_CPUS
         )
-        for split, size in sizes.items() if size
+        for split, size in _synthetic_sizes(config.data.source).items()
     ]  # fmt: skip
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _label_split(batch: pa.Table, split: str) -> pa.Table:
-    return pa.table({INDEX_COLUMN: batch["id"], SPLIT_COLUMN: pa.array([split] * batch.num_rows, pa.string())})
-
-
-def _file_records(source: FileSource) -> Any:
-    import ray.data
-
-    fs, path = storage.filesystem_for(source.path)
-    try:
-        if source.kind == "jsonl":
-            # Lines, parsed in the workers: rows of one file may differ in shape (a list of
-            # choices here, CommonsenseQA's labelled struct there), which Arrow's JSON reader
-            # refuses, and a bad line can be named in the error.
-            return ray.data.read_text(path, filesystem=fs, include_paths=True, num_cpus=storage.READ_CPUS)
-        return ray.data.read_parquet(path, filesystem=fs, num_cpus=storage.READ_CPUS)
-    except (FileNotFoundError, ValueError) as err:
-        if isinstance(err, FileNotFoundError) or "No input files" in str(err) or "does not exist" in str(err):
-            raise UsageError(f"data.source.path: no {source.kind} file at {source.path}") from None
-        raise
-
-
-def _hf_records(source: HFSource) -> Any:
-    import datasets
-    import ray.data
-
-    parts = []
-    for split, hf_split in source.splits.items():
-        records = datasets.load_dataset(source.path, source.name, split=hf_split)
-        parts.append(ray.data.from_huggingface(records).map_batches(
-            _with_split, fn_kwargs={"split": split}, batch_format="pyarrow", num_cpus=SIDE_STAGE_CPUS))
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-
-
-def _with_split(batch: pa.Table, split: str) -> pa.Table:
-    return batch.append_column(SPLIT_COLUMN, pa.array([split] * batch.num_rows, pa.string()))
-
-
-# --- records -> prompt rows (in the workers) ------------------------------------------------------
-
-
-def to_prompts(batch: pa.Table, data: DataSection, seed: int) -> pa.Table:
-    rows = [prompt_row(question, split, row_id, data) for row_id, split, question in _questions(batch, data, seed)]
+def _synthetic_rows(batch: pa.Table, split: str, config: RunConfig) -> pa.Table:
+    task = task_for(config.data.task)
+    rows = [synthetic_row(task, synthetic.question_at(config.run.seed, split, index), split, index, config.data.system_prompt)
+            for index in batch["id"].to_pylist()]  # fmt: skip
     return pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA)
 
 
-def prompt_row(question: MultipleChoice, split: str, row_id: str, data: DataSection) -> dict[str, Any]:
-    return {
-        "id": row_id,
-        "task": data.task,
-        "messages": question.messages(data.system_prompt),
-        "reference": question.answer,
-        "split": split,
-        "meta": json.dumps({"choices": question.choices}),
-    }
+def synthetic_row(task: Task, question: MultipleChoice, split: str, index: int, system_prompt: str | None = None) -> dict[str, Any]:
+    """Row `index` of `split` of the demo task, as a prompts/ row (also what tests write)."""
+    prompt = task.prompt(question.record(), system_prompt)
+    return {"id": f"{split}-{index:06d}", "task": task.name, "messages": prompt.messages,
+            "reference": prompt.reference, "split": split, "meta": json.dumps(prompt.meta)}  # fmt: skip
 
 
-def _questions(batch: pa.Table, data: DataSection, seed: int):
-    source = data.source
-    if isinstance(source, SyntheticSource):
-        for index, split in zip(batch[INDEX_COLUMN].to_pylist(), batch[SPLIT_COLUMN].to_pylist()):
-            yield f"{split}-{index:06d}", split, synthetic.question_at(seed, split, index)
-        return
-    for record in _records(batch, source):
-        yield _from_record(record, source)
+# --- files, Hugging Face datasets and exports -----------------------------------------------------
 
 
-def _records(batch: pa.Table, source: FileSource | HFSource):
-    if not (isinstance(source, FileSource) and source.kind == "jsonl"):
-        yield from batch.to_pylist()
-        return
-    for line, path in zip(batch["text"].to_pylist(), batch["path"].to_pylist()):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{path}: a line is not valid JSON ({err.msg}): {line[:60]!r}") from None
-        if not isinstance(record, dict):
-            raise UsageError(f"{path}: a line is not a JSON object: {line[:60]!r}")
-        yield record
+def _prepare_source(context: StageContext, out: str) -> dict[str, Any]:
+    config = context.config
+    units, loaded = _plan(config.data.source)
+    candidates_uri, decisions_uri = f"{out}.candidates", f"{out}.decisions"
+    try:
+        _write_candidates(units, loaded, config, candidates_uri)
+        selection = select(storage.read_table(candidates_uri, columns=KEY_COLUMNS), config.data, config.run.seed)
+        if selection.conflict:
+            raise UsageError(_conflict_message(candidates_uri, selection.conflict))
+        check_splits(config, _counts_of(selection.decisions["split"]))
+        storage.write_table(storage.join(decisions_uri, "part-0.parquet"), selection.decisions)
+        _write_prompts(candidates_uri, decisions_uri, task_for(config.data.task).name, out)
+        summary = dict(selection.counts)
+        if config.data.source.kind == "synthetic_export":
+            summary["source_answers"] = _write_source_answers(candidates_uri, decisions_uri, context.dir("generate"), config.data.source.path)
+    finally:
+        for temporary in (candidates_uri, decisions_uri):
+            storage.remove(temporary)
+    _log_accounting(summary)
+    return summary
 
 
-def _from_record(record: dict[str, Any], source: FileSource | HFSource) -> tuple[str, str, MultipleChoice]:
-    where = f"row with id {record['id']!r}" if record.get("id") is not None else "a row"
-    question = _field(record, source.question_field, where)
-    choices = _choices(_field(record, source.choices_field, where), where)
-    answer = None
-    if source.answer_field and record.get(source.answer_field) not in (None, ""):
-        answer = _answer_letter(record[source.answer_field], choices, where)
-    split_field = getattr(source, "split_field", None)
-    split = record.get(SPLIT_COLUMN) or (record.get(split_field) if split_field else None)
-    row_id = str(record.get("id") or _content_id(str(question), choices))
-    return row_id, split or "train", MultipleChoice(str(question), choices, answer)
+def _plan(source: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    if source.kind == "hf":
+        loaded = hf.load(source)
+        units = hf.plan(loaded)
+    else:
+        loaded, units = {}, files.plan(source.path, files.file_kind(source.path, getattr(source, "format", None) or _kind(source)))
+    return [{**unit, "index": index} for index, unit in enumerate(units)], loaded
 
 
-def _field(record: dict[str, Any], name: str, where: str) -> Any:
-    if name not in record or record[name] is None:
-        fields = ", ".join(key for key in record if key != SPLIT_COLUMN)
-        raise UsageError(f"{where}: missing field '{name}' (fields: {fields})")
-    return record[name]
+def _kind(source: Any) -> str | None:
+    return None if source.kind == "synthetic_export" else source.kind
 
 
-def _choices(value: Any, where: str) -> list[str]:
-    # Either a plain list of strings or CommonsenseQA's {"label": [...], "text": [...]}.
-    if isinstance(value, dict) and "text" in value:
-        value = value["text"]
-    if not isinstance(value, list) or not 2 <= len(value) <= len(LETTERS):
-        raise UsageError(f"{where}: choices must be a list of 2 to {len(LETTERS)} strings")
-    return [str(choice) for choice in value]
+def _write_candidates(units: list[dict[str, Any]], loaded: dict[str, Any], config: RunConfig, uri: str) -> None:
+    import ray.data
+
+    candidates = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
+        unit_candidates, fn_kwargs={"data": config.data, "loaded": loaded}, batch_size=1,
+        batch_format="pyarrow", num_cpus=SIDE_STAGE_CPUS,
+    )  # fmt: skip
+    storage.write_dataset(candidates, uri, schema=CANDIDATE_SCHEMA)
 
 
-def _answer_letter(value: Any, choices: list[str], where: str) -> str:
-    letters = LETTERS[: len(choices)]
-    if isinstance(value, int) and 0 <= value < len(choices):
-        return letters[value]
-    text = str(value).strip()
-    if text.upper() in letters and len(text) == 1:
-        return text.upper()
-    if text in choices:
-        return letters[choices.index(text)]
-    raise UsageError(
-        f"{where}: answer {value!r} is not a letter {letters[0]}-{letters[-1]}, "
-        "an index or one of the choices"
-    )
+def _conflict_message(candidates_uri: str, rowkeys: tuple[int, int]) -> str:
+    rows = storage.read_table(candidates_uri, columns=["rowkey", "id", "where"])
+    both = rows.filter(pc.is_in(rows["rowkey"], value_set=pa.array(rowkeys, pa.int64()))).sort_by("rowkey").to_pylist()
+    return (f"id '{both[0]['id']}' names two different rows: {both[0]['where']} and {both[-1]['where']}; "
+            "ids must be unique (exact duplicate rows are removed and counted)")  # fmt: skip
 
 
-def _content_id(question: str, choices: list[str]) -> str:
-    return hashlib.sha256(json.dumps([question, choices]).encode()).hexdigest()[:16]
+def _counts_of(splits: pa.ChunkedArray) -> dict[str, int]:
+    counts = pc.value_counts(splits).to_pylist() if len(splits) else []
+    return {row["values"]: row["counts"] for row in counts}
+
+
+def _chosen(candidates_uri: str, decisions_uri: str, columns: list[str]) -> Any:
+    rows = storage.read_dataset(candidates_uri, columns=["rowkey", *columns])
+    return dataflow.join_stored(rows, decisions_uri, ["split"], on=("rowkey",))
+
+
+def _write_prompts(candidates_uri: str, decisions_uri: str, task: str, out: str) -> None:
+    chosen = _chosen(candidates_uri, decisions_uri, ["id", "messages", "reference", "meta"])
+    prompts = chosen.map_batches(_prompt_rows, fn_kwargs={"task": task}, batch_format="pyarrow", num_cpus=SIDE_STAGE_CPUS)
+    storage.write_dataset(prompts, out, schema=PROMPT_SCHEMA)
+
+
+def _prompt_rows(batch: pa.Table, task: str) -> pa.Table:
+    return pa.table({
+        "id": batch["id"], "task": pa.array([task] * batch.num_rows, pa.string()), "messages": batch["messages"],
+        "reference": batch["reference"], "split": batch["split"], "meta": batch["meta"],
+    }, schema=PROMPT_SCHEMA)  # fmt: skip
+
+
+def _write_source_answers(candidates_uri: str, decisions_uri: str, responses_uri: str, path: str) -> int:
+    """The export's completions as answers of candidate `source` (replacing those of an earlier
+    prepare), written through the responses store's own shard writer."""
+    store = ResponseStore(responses_uri)
+    for shard in store.shard_paths():
+        name = shard.rsplit("/", 1)[-1]
+        if name.startswith(f"part-{SOURCE_RUN_PREFIX}-"):
+            storage.remove(storage.join(store.answers_uri, name))
+    run_id = f"{SOURCE_RUN_PREFIX}-{new_run_id()}"
+    written = _chosen(candidates_uri, decisions_uri, ["id", "messages", "completion"]).map_batches(
+        _source_shard, fn_kwargs={"store_uri": responses_uri, "run_id": run_id, "model": f"source:{path}"},
+        batch_format="pyarrow", num_cpus=SIDE_STAGE_CPUS,
+    )  # fmt: skip
+    return int(sum(row["rows"] for row in written.take_all()))
+
+
+def _source_shard(batch: pa.Table, store_uri: str, run_id: str, model: str) -> pa.Table:
+    n = batch.num_rows
+    if n:
+        hashes = [hashlib.sha256(json.dumps([m, c], sort_keys=True).encode()).hexdigest()[:32]
+                  for m, c in zip(batch["messages"].to_pylist(), batch["completion"].to_pylist())]  # fmt: skip
+        given = {"id": batch["id"], "candidate": pa.array([SOURCE_CANDIDATE] * n, pa.string()),
+                 "request_hash": pa.array(hashes, pa.string()), "model": pa.array([model] * n, pa.string()),
+                 "response": batch["completion"], "finish_reason": pa.array(["stop"] * n, pa.string()),
+                 "attempts": pa.array([0] * n, pa.int64())}  # fmt: skip
+        columns = {f.name: given.get(f.name, pa.nulls(n, f.type)) for f in RESPONSE_SCHEMA}
+        ResponseStore(store_uri).write_shard(pa.table(columns, schema=RESPONSE_SCHEMA), run_id)
+    return pa.table({"rows": pa.array([n], pa.int64())})
+
+
+def _log_accounting(summary: dict[str, Any]) -> None:
+    if summary.get("bad_rows_skipped"):
+        log.warning("prepare: %d bad source rows skipped (data.on_bad_row: skip)", summary["bad_rows_skipped"])
+    if summary.get("duplicates_removed"):
+        log.info("prepare: %d exact duplicate prompts removed", summary["duplicates_removed"])
+    overlap = {split: n for split, n in summary.get("overlap_with_train", {}).items() if n}
+    if overlap:
+        log.warning("prepare: prompts that also appear in train (normalised text): %s", overlap)

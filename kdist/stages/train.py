@@ -13,7 +13,9 @@ from typing import Any
 
 from kdist import storage
 from kdist.llm.models import local_model
+from kdist.errors import UsageError
 from kdist.stages import StageContext
+from kdist.tasks import task_for
 
 WORK_DIR = Path(tempfile.gettempdir()) / "kdist-train"
 
@@ -38,8 +40,18 @@ def run(context: StageContext) -> dict[str, Any]:
         prompts_path=context.dir("prepare"),
         resume=context.resume,
         chat_template=config.student.chat_template,
+        fast_validation=_fast_validation(config),
     )
     result = run_training(spec)
     if not storage.is_local(out):
         storage.upload_dir(local_out, out)
     return result
+
+
+def _fast_validation(config) -> bool:
+    """Whether the task allows the next-token letter accuracy; target_accuracy needs it."""
+    task = task_for(config.data.task)
+    if config.train.target_accuracy is not None and not task.fast_validation:
+        raise UsageError(f"train.target_accuracy: task {task.name} validates by loss (its answers are not "
+                         "one-token labels); remove target_accuracy or use max_steps / max_seconds")  # fmt: skip
+    return task.fast_validation

@@ -10,11 +10,12 @@ prompts of 60 tokens at a 262k vocabulary would be 2 GB in fp32, for one column 
 
 from __future__ import annotations
 
-from kdist.data.tasks import parse_choice
+from kdist.tasks.multiple_choice import LETTERS, parse_choice
 
 
 def choice_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32) -> float:
-    """rows: {"messages": prompt messages, "reference": letter}. Fraction answered right."""
+    """rows: {"messages": prompt messages, "reference": letter}. Fraction answered right (a
+    row whose reference is None counts as wrong)."""
     import torch
 
     if not rows:
@@ -34,7 +35,9 @@ def choice_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32) ->
             batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             logits = model(**batch.to(device), logits_to_keep=1, use_cache=False).logits[:, -1]
             predicted = tokenizer.batch_decode(logits.argmax(dim=-1).unsqueeze(-1))
-            correct += sum(parse_choice(p) == r["reference"] for p, r in zip(predicted, chunk))
+            # A row without a reference is never right: None == None must not count.
+            correct += sum(r["reference"] is not None and parse_choice(p, LETTERS) == r["reference"]
+                           for p, r in zip(predicted, chunk))
     if was_training:
         model.train()
     return correct / len(rows)

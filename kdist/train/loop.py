@@ -58,6 +58,8 @@ class TrainSpec:
     resume: bool = False  # continue from the latest checkpoint of an earlier run
     # student.chat_template: used instead of the tokenizer's own (base models have none).
     chat_template: str | None = None
+    # The task's answers are one-token labels: validation also reports next-token accuracy.
+    fast_validation: bool = True
 
     def section(self) -> TrainSection:
         return TrainSection.model_validate(self.train)
@@ -97,7 +99,9 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
             raise ValueError(f"{spec.train_path}: too few rows for one optimizer step "
                              f"(batch_size {section.batch_size})")
         val_data = _eval_data(spec, section, tokenizer)
-        eval_rows = _eval_rows(spec.eval_path)
+        # The fast letter accuracy only where the task's answers are one-token letters
+        # (kdist.tasks: fast_validation); other tasks validate by loss alone.
+        eval_rows = _eval_rows(spec.eval_path) if spec.fast_validation else []
         trainable = [p for p in objective.parameters() if p.requires_grad]
         engine, _, _, _ = deepspeed.initialize(model=objective, model_parameters=trainable,
                                                config=ds_config)
@@ -128,12 +132,14 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
                     val_loss = _validation_loss(engine, val_data, world)
                     record["val_loss"] = val_loss
                     if evaluate:
-                        accuracy = _choice_accuracy(objective.student, tokenizer, eval_rows)
-                        record["accuracy"] = accuracy
+                        if spec.fast_validation:
+                            accuracy = _choice_accuracy(objective.student, tokenizer, eval_rows)
+                            record["accuracy"] = accuracy
             metrics.write(record)
             if evaluate and rank == 0:
+                shown_acc = f" val_acc {accuracy:.3f}" if accuracy is not None else ""
                 print(f"[{spec.label}] step {step}/{section.max_steps} loss {record['loss']:.4f}"
-                      f" val_loss {val_loss:.4f} val_acc {accuracy:.3f} ({elapsed:.0f}s)",
+                      f" val_loss {val_loss:.4f}{shown_acc} ({elapsed:.0f}s)",
                       flush=True)
             checkpoint = step % checkpoint_every == 0 and not last
             if evaluate or checkpoint:
@@ -399,13 +405,13 @@ def _eval_rows(eval_path: str | None) -> list[dict[str, Any]]:
         return []
     import pyarrow.parquet as pq
 
-    from kdist.data.tasks import parse_choice
+    from kdist.tasks.multiple_choice import LETTERS, parse_choice
 
     rows = pq.read_table(eval_path, columns=["messages"]).to_pylist()
-    return [
-        {"messages": r["messages"][:-1], "reference": parse_choice(r["messages"][-1]["content"])}
-        for r in rows
-    ]
+    references = [parse_choice(r["messages"][-1]["content"], LETTERS) for r in rows]
+    # A row whose answer names no letter has nothing to be right about: it is left out, never
+    # counted as right for a prediction that names none either.
+    return [{"messages": r["messages"][:-1], "reference": ref} for r, ref in zip(rows, references) if ref]
 
 
 def _choice_accuracy(model, tokenizer, rows) -> float:
@@ -418,7 +424,8 @@ def _all_agree_to_stop(section: TrainSection, accuracy: float, elapsed: float) -
     import torch
     import torch.distributed as dist
 
-    stop = (section.target_accuracy is not None and accuracy >= section.target_accuracy) or (
+    reached = accuracy is not None and accuracy == accuracy  # neither absent nor NaN
+    stop = (section.target_accuracy is not None and reached and accuracy >= section.target_accuracy) or (
         section.max_seconds is not None and elapsed >= section.max_seconds
     )
     flag = torch.tensor([1.0 if stop else 0.0])

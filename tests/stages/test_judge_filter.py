@@ -49,7 +49,7 @@ def test_rule_judge_scores_parsable_answers_only(run_dir):
     assert {row["id"]: row["score"] for row in rows} == {i: float(k == "ok") for i, k in kinds.items()}
     assert {row["candidate"] for row in rows} == {"teacher"}
     by_kind = {kinds[row["id"]]: row["rationale"] for row in rows}
-    assert by_kind == {"ok": "answer parses for the task", "unparsable": "answer names no allowed choice",
+    assert by_kind == {"ok": "answer parses for the task", "unparsable": "answer does not parse for the task",
                        "error": "the teacher returned no answer"}  # fmt: skip
 
 

@@ -8,15 +8,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kdist.config import DataSection
 from kdist.data import synthetic
 from kdist.rows import PROMPT_SCHEMA
-from kdist.stages.prepare import prompt_row
+from kdist.stages.prepare import synthetic_row
+from kdist.tasks.multiple_choice import MultipleChoiceTask
 
 
 def synthetic_prompts(sizes: dict[str, int], seed: int = 0) -> list[dict[str, Any]]:
-    data = DataSection()
-    return [prompt_row(question, split, f"{split}-{index:06d}", data) for split, index, question in synthetic.generate(sizes, seed)]
+    task = MultipleChoiceTask()
+    return [synthetic_row(task, question, split, index) for split, index, question in synthetic.generate(sizes, seed)]
 
 
 def write_prompts(run_dir: Path, rows: list[dict[str, Any]]) -> Path:

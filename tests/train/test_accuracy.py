@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kdist.data import synthetic
-from kdist.data.tasks import parse_choice
+from kdist.tasks.multiple_choice import parse_choice
 from kdist.train.accuracy import choice_accuracy
 
 
