@@ -30,3 +30,22 @@ def test_accuracy_builds_one_position_of_logits_per_row(tiny_model_dir):
     expected = sum(parse_choice(tokenizer.decode([t])) == "A" for t in full) / len(rows)
     assert got == expected
 
+
+
+def test_a_row_without_a_reference_is_never_right(tiny_model_dir, tmp_path):
+    """A prediction that names no letter must not match a reference that names none: such rows
+    are left out of the validation rows, and count as wrong if passed in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kdist.train.loop import _eval_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    rows = [{"messages": [{"role": "user", "content": q.user_message()}], "reference": None}
+            for _, _, q in synthetic.generate({"validation": 4}, seed=3)]
+    assert choice_accuracy(model, tokenizer, rows) == 0.0
+    sft = [{"messages": [{"role": "user", "content": "Q? A) x B) y"}, {"role": "assistant", "content": answer}]}
+           for answer in ("B", "A cat sat on the mat.", "The answer is A")]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(sft), tmp_path / "validation.parquet")
+    assert [r["reference"] for r in _eval_rows(str(tmp_path / "validation.parquet"))] == ["B", "A"]
