@@ -91,8 +91,17 @@ STAGES: tuple[Stage, ...] = (
 
 
 def _data_sources(config: RunConfig) -> dict[str, str]:
-    path = getattr(config.data.source, "path", None)
-    return {"data.source.path": path} if path else {}
+    """The data path, and a Hugging Face source's data files: a changed data file must make
+    `--resume` prepare again."""
+    source = config.data.source
+    found = {"data.source.path": source.path} if getattr(source, "path", None) else {}
+    files = getattr(source, "data_files", None)
+    if isinstance(files, dict):
+        files = [f for group in files.values() for f in ([group] if isinstance(group, str) else group)]
+    for index, location in enumerate([files] if isinstance(files, str) else files or []):
+        if not any(char in location for char in "*?["):  # a glob is the datasets library's to expand
+            found[f"data.source.data_files[{index}]"] = location
+    return found
 
 
 def _llm_judge(config: RunConfig) -> dict[str, Endpoint]:

@@ -80,12 +80,18 @@ def used_splits(config: RunConfig) -> set[str]:
 
 
 def check_splits(config: RunConfig, per_split: dict[str, int]) -> None:
-    """A split the teacher is to answer must have rows: asking for none is a mistake (a typo
-    in teacher.splits or in the data), not a run that succeeds with nothing done."""
-    for split in config.teacher.splits:
-        if not per_split.get(split):
-            found = ", ".join(f"{name} {count}" for name, count in sorted(per_split.items())) or "none"
-            raise UsageError(f"teacher.splits names '{split}', which has no rows in the data (splits found: {found})")
+    """A split the config names for the teacher must have rows: asking for none is a mistake
+    (a typo in teacher.splits or in the data), not a run that succeeds with nothing done. The
+    default list (train, validation, test) needs only one of its splits to have rows: a plain
+    file of rows is all `train`."""
+    found = ", ".join(f"{name} {count}" for name, count in sorted(per_split.items())) or "none"
+    named = "splits" in config.teacher.model_fields_set
+    empty = [split for split in config.teacher.splits if not per_split.get(split)]
+    if named and empty:
+        raise UsageError(f"teacher.splits names '{empty[0]}', which has no rows in the data (splits found: {found})")
+    if config.teacher.splits and len(empty) == len(config.teacher.splits):
+        raise UsageError(f"teacher.splits (default {', '.join(config.teacher.splits)}): none of them has rows "
+                         f"in the data (splits found: {found}); set teacher.splits")  # fmt: skip
 
 
 def unused_splits(config: RunConfig, per_split: dict[str, int]) -> dict[str, int]:
