@@ -173,6 +173,8 @@ def test_a_teacher_split_without_rows_is_a_usage_error(tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", nli_rows(3))
     with pytest.raises(UsageError, match=r"teacher.splits names 'tset', which has no rows in the data \(splits found: train 3\)"):
         prepare({"kind": "jsonl", "path": path}, tmp_path / "out", task="nli", teacher={"splits": ["train", "tset"]})
+    # The default list (train, validation, test) needs only one split with rows.
+    assert prepare({"kind": "jsonl", "path": path}, tmp_path / "ok", task="nli", teacher={})[0]["rows"] == 3
 
 
 def test_missing_empty_and_corrupt_files_are_usage_errors(tmp_path):
