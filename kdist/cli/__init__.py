@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_registrations() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands that live with their own area of kdist."""
-    from kdist.cli import export, k8s
+    from kdist.cli import export, k8s, plan
 
-    return [k8s.register, export.register]
+    return [k8s.register, export.register, plan.register]
 
 
 def main(argv: list[str] | None = None) -> int:
