@@ -7,6 +7,9 @@
   answer's token positions in order; answer tokens beyond the stored entries (or rows without
   any) get no KD term, only CE. Ids -1 pad the top-k to the same k everywhere.
 - Packing (train.packing) puts several examples in each row of max_seq_len tokens.
+- Cross-tokenizer logit KD: each row is also tokenized for the teacher, with the alignment of
+  the two (kdist.train.cross_tokenizer); batches then carry teacher_input_ids,
+  teacher_attention_mask and align.
 
 Every rank reads all rows and takes its own equal-sized shard with a seeded DistributedSampler,
 so all ranks run the same number of steps and meet in every collective; an epoch's order is a
@@ -15,6 +18,7 @@ function of (seed, epoch), which makes resuming at a step exact.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +29,7 @@ from kdist.train.examples import IGNORE_INDEX, pad_batch, tokenize_chat
 from kdist.train.packing import PackStats, collate_packed, pack_examples
 
 TOPK_FIELDS = ("topk_ids", "topk_logprobs")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +40,7 @@ class TrainData:
     topk: int = 0  # k of the offline top-k, 0 when not used
     pack_stats: PackStats | None = None
     rows_without_topk: int = 0
+    teacher_pad_id: int | None = None  # cross-tokenizer KD: rows carry the teacher's tokens
 
 
 def build_examples(
@@ -70,6 +76,27 @@ def build_examples(
     return examples, k, missing
 
 
+def build_pair_examples(rows: list[dict[str, Any]], tokenizer, teacher_tokenizer,
+                        max_seq_len: int, log_summary: bool = False) -> TrainData:
+    """Rows in the student's and the teacher's tokens, aligned (no packing)."""
+    from kdist.train.cross_tokenizer import tokenize_pair
+
+    examples = []
+    for row in rows:
+        pair = tokenize_pair(tokenizer, teacher_tokenizer, row["messages"], max_seq_len)
+        examples.append({"input_ids": pair.input_ids, "labels": pair.labels,
+                         "teacher_input_ids": pair.teacher_input_ids, "align": pair.align})
+    if log_summary:
+        labelled = sum(sum(x != IGNORE_INDEX for x in e["labels"]) for e in examples)
+        aligned = sum(sum(a >= 0 for a in e["align"]) for e in examples)
+        log.info("cross-tokenizer KD: %d of %d answer tokens have a teacher position",
+                 aligned, labelled)
+    return TrainData(examples, packed=False, pad_id=tokenizer.pad_token_id,
+                     teacher_pad_id=teacher_tokenizer.pad_token_id
+                     if teacher_tokenizer.pad_token_id is not None
+                     else teacher_tokenizer.eos_token_id)
+
+
 def _topk_fields(labels: list[int], entries: list[dict[str, list]], k: int) -> dict[str, Any]:
     ids = [[-1] * k for _ in labels]
     logprobs = [[0.0] * k for _ in labels]
@@ -103,9 +130,19 @@ def collate(rows: list[dict[str, Any]], data: TrainData) -> dict[str, torch.Tens
             for key, pad in (("topk_ids", -1), ("topk_logprobs", 0.0)):
                 batch[key] = torch.tensor(
                     [r[key] + [[pad] * data.topk] * (width - len(r[key])) for r in rows])
+        if data.teacher_pad_id is not None:
+            batch.update(_teacher_fields(rows, data.teacher_pad_id, batch["input_ids"].shape[1]))
     batch["real_tokens"] = torch.tensor(real)
     batch["slots"] = torch.tensor(batch["input_ids"].numel())
     return batch
+
+
+def _teacher_fields(rows: list[dict[str, Any]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    teacher = pad_batch([_Example(r["teacher_input_ids"], r["teacher_input_ids"]) for r in rows],
+                        pad_id)
+    align = torch.tensor([r["align"] + [-1] * (width - len(r["align"])) for r in rows])
+    return {"teacher_input_ids": teacher["input_ids"],
+            "teacher_attention_mask": teacher["attention_mask"], "align": align}
 
 
 @dataclass

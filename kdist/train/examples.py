@@ -17,9 +17,11 @@ IGNORE_INDEX = -100
 class Example:
     input_ids: list[int]
     labels: list[int]
+    answer_start: int = 0  # position of the answer's first token (< 0: cut off on the left)
 
 
-def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_len: int) -> Example:
+def render_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[str, str]:
+    """(prompt text with the generation cue, answer text after it) in the model's template."""
     prompt_messages, answer = messages[:-1], messages[-1]
     if answer["role"] != "assistant":
         raise ValueError("the last message of a training row must be the assistant's answer")
@@ -27,14 +29,20 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_len: int) -> Ex
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("the chat template does not render the prompt as a prefix of the full chat")
+    return prompt, full[len(prompt) :]
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_len: int) -> Example:
+    prompt, answer = render_chat(tokenizer, messages)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     # Truncate the prompt from the left so the answer (what is learnt) always survives.
     keep = max(0, max_len - len(answer_ids))
     prompt_ids = prompt_ids[-keep:] if keep else []
     ids = (prompt_ids + answer_ids)[-max_len:]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[-max_len:]
-    return Example(ids, labels)
+    answer_start = len(prompt_ids) - max(0, len(prompt_ids) + len(answer_ids) - max_len)
+    return Example(ids, labels, answer_start)
 
 
 def pad_batch(examples: list[Example], pad_id: int) -> dict[str, Any]:

@@ -15,6 +15,11 @@ Memory: every rank writes the peak RSS of each phase (load, setup, steps, valida
 checkpoint, save) above its RSS before the model loaded to <out_dir>/memory/rank<N>.json
 (kdist.train.memory); benchmarks/train_memory.py reads them.
 
+On-policy distillation (train.kd.mode on_policy, kdist.train.on_policy): at the start of each
+step, before the loss tokens are counted, the student completes a share of the step's rows
+itself; the step's record adds generated_tokens, generation_s vs training_s, and the
+divergence per token on generated (kd_generated) and on training-set (kd_dataset) tokens.
+
 Checkpoints go through ray.train.report (DeepSpeed's own files, every rank's shard, plus the
 step): a restarted worker group (FailureConfig) or a `--resume`d run continues from the latest
 one at the exact batch, since each epoch's order is a function of the seed.
@@ -84,13 +89,14 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
 
     with memory.phase("load"):
         tokenizer, student = _load_student(spec, section)
-        teacher, logits_size = _load_teacher(spec, section, tokenizer, student)
-        _check_heads(student, teacher)
+        side = _load_teacher(spec, section, tokenizer, student)
+        _check_heads(student, side.model)
     with memory.phase("setup"):
-        objective = DistillationObjective(student, _kd_params(section), teacher, logits_size,
-                                          section.kd.chunk_size)
+        objective = DistillationObjective(student, _kd_params(section), side.model,
+                                          side.logits_size, section.kd.chunk_size,
+                                          side.vocab_map)
         ds_config = deepspeed_config(section)
-        data = _train_data(spec, section, tokenizer)
+        data = _train_data(spec, section, tokenizer, side.tokenizer)
         loader, sampler = _loader(data, ds_config["train_micro_batch_size_per_gpu"], spec.seed,
                                   rank, world)
         accumulation = ds_config["gradient_accumulation_steps"]
@@ -98,7 +104,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         if steps_per_epoch == 0:
             raise ValueError(f"{spec.train_path}: too few rows for one optimizer step "
                              f"(batch_size {section.batch_size})")
-        val_data = _eval_data(spec, section, tokenizer)
+        val_data = _eval_data(spec, section, tokenizer, side.tokenizer)
         # The fast letter accuracy only where the task's answers are one-token letters
         # (kdist.tasks: fast_validation); other tasks validate by loss alone.
         eval_rows = _eval_rows(spec.eval_path) if spec.fast_validation else []
@@ -106,6 +112,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
         engine, _, _, _ = deepspeed.initialize(model=objective, model_parameters=trainable,
                                                config=ds_config)
         state = _restore(engine)
+        policy = _on_policy(spec, section, tokenizer, world)
     metrics = MetricsWriter(Path(spec.out_dir), enabled=rank == 0, resume_step=state["step"])
     if rank == 0 and state["step"]:
         print(f"[{spec.label}] resumed from the checkpoint at step {state['step']}", flush=True)
@@ -119,7 +126,7 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
                                    steps_per_epoch * accumulation)
         for micro_batches in _groups(batches, accumulation):
             with memory.phase("steps"):
-                record = _train_step(engine, micro_batches, world)
+                record = _train_step(engine, micro_batches, world, policy, step, rank)
             step += 1
             elapsed = time.monotonic() - started
             record.update(step=step, epoch=epoch, lr=engine.get_lr()[0],
@@ -159,30 +166,44 @@ def train_loop_per_worker(spec_dict: dict[str, Any]) -> None:
 # --- one optimizer step -----------------------------------------------------------------------
 
 
-def _train_step(engine, micro_batches: list[dict], world: int) -> dict[str, float]:
+def _train_step(engine, micro_batches: list[dict], world: int, policy=None, step: int = 0,
+                rank: int = 0) -> dict[str, float]:
     import torch
 
     from kdist.train.objective import count_loss_tokens
 
+    record: dict[str, float] = {}
+    if policy is not None:  # the student writes its share first, with this step's weights
+        micro_batches, record = policy.complete(engine.module.student, micro_batches, step, rank)
     tokens = _all_reduce_sum(torch.tensor([float(sum(count_loss_tokens(b["labels"])
                                                      for b in micro_batches))]))
     num_loss_tokens = max(tokens.item(), 1.0)
-    totals = torch.zeros(5)
+    totals = torch.zeros(7)
     step_started = time.monotonic()
     for batch in micro_batches:
         real, slots = batch.pop("real_tokens"), batch.pop("slots")
-        loss, ce, kd = engine(**{k: v.to(engine.device) for k, v in batch.items()},
-                              num_loss_tokens=num_loss_tokens)
+        generated = batch.get("generated")
+        own_tokens = count_loss_tokens(batch["labels"][generated]) if generated is not None else 0
+        outputs = engine(**{k: v.to(engine.device) for k, v in batch.items()},
+                         num_loss_tokens=num_loss_tokens)
+        loss, ce, kd = outputs[:3]
+        kd_own = outputs[3].float().cpu() if len(outputs) > 3 else torch.zeros(())
         engine.backward(loss * world, scale_wrt_gas=False)
         engine.step()
         totals += torch.stack([loss.detach().float().cpu(), ce.float().cpu(), kd.float().cpu(),
-                               real.float(), slots.float()])
-    loss, ce, kd, real, slots = _all_reduce_sum(totals).tolist()
+                               real.float(), slots.float(), kd_own, torch.tensor(own_tokens * 1.0)])
+    loss, ce, kd, real, slots, kd_own, own_tokens = _all_reduce_sum(totals).tolist()
     seconds = time.monotonic() - step_started
-    return {"loss": loss, "ce": ce, "kd": kd, "loss_tokens": int(tokens.item()),
-            "tokens": int(real),  # non-padding tokens of the step, all ranks
-            "tokens_per_s": round(real / max(seconds, 1e-9), 1),
-            "padding_fraction": round(1.0 - real / slots, 4) if slots else 0.0}
+    record.update({"loss": loss, "ce": ce, "kd": kd, "loss_tokens": int(tokens.item()),
+                   "tokens": int(real),  # non-padding tokens of the step, all ranks
+                   "tokens_per_s": round(real / max(seconds, 1e-9), 1),
+                   "padding_fraction": round(1.0 - real / slots, 4) if slots else 0.0})
+    if policy is not None:
+        from kdist.train.on_policy import divergence_split
+
+        record["training_s"] = round(seconds, 3)
+        record.update(divergence_split(kd, kd_own, num_loss_tokens, own_tokens))
+    return record
 
 
 def _groups(iterable, size: int):
@@ -278,22 +299,31 @@ def _load_student(spec: TrainSpec, section: TrainSection):
     return tokenizer, model
 
 
-def _load_teacher(spec: TrainSpec, section: TrainSection, tokenizer, student):
-    """The frozen online teacher (or None) and how many logits the loss compares."""
-    if section.kd.mode != "logit":
-        return None, None
-    from kdist.train.tokenizers_compat import check_logit_kd_compatible
+@dataclass
+class TeacherSide:
+    """What the worker holds of the teacher: the frozen online model, how many logits the
+    loss compares (shared vocabulary), and across tokenizers its tokenizer and the map of its
+    ids onto the student's."""
+
+    model: Any = None
+    logits_size: int | None = None
+    tokenizer: Any = None  # cross-tokenizer KD only
+    vocab_map: Any = None
+
+
+def _load_teacher(spec: TrainSpec, section: TrainSection, tokenizer, student) -> TeacherSide:
+    if section.kd.mode == "sequence":
+        return TeacherSide()
+    from kdist.train.tokenizers_compat import check_logit_kd_compatible, refuse_unchecked_topk
 
     student_size = student.get_output_embeddings().weight.shape[0]
     teacher_dir = spec.teacher_model_dir
     if section.kd.teacher_logits == "offline":
         teacher_tokenizer = _local_tokenizer(teacher_dir)
         if teacher_tokenizer is None:
-            log.warning("offline logit KD: teacher %r has no local tokenizer; only the top-k "
-                        "ids' range is checked against the student's vocabulary", teacher_dir)
-            return None, None
+            refuse_unchecked_topk(teacher_dir)
         check_logit_kd_compatible(teacher_tokenizer, tokenizer, student_size, student_size)
-        return None, None
+        return TeacherSide()
     if not teacher_dir:
         raise ValueError("train.kd.teacher_logits=online needs a local teacher model dir "
                          "(teacher.model with teacher.kind hf)")
@@ -302,8 +332,27 @@ def _load_teacher(spec: TrainSpec, section: TrainSection, tokenizer, student):
     teacher_tokenizer = _local_tokenizer(teacher_dir)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=_torch_dtype(section))
     teacher_size = teacher.get_output_embeddings().weight.shape[0]
+    if section.kd.cross_tokenizer:
+        from kdist.train.cross_tokenizer import vocabulary_map
+
+        return TeacherSide(teacher, None, teacher_tokenizer,
+                           vocabulary_map(teacher_tokenizer, tokenizer, teacher_size))
     size = check_logit_kd_compatible(teacher_tokenizer, tokenizer, teacher_size, student_size)
-    return teacher, size
+    return TeacherSide(teacher, size)
+
+
+def _on_policy(spec: TrainSpec, section: TrainSection, tokenizer, world: int):
+    """The student's sampler for on_policy mode, else None."""
+    if section.kd.mode != "on_policy":
+        return None
+    from kdist.train.on_policy import OnPolicy, Sampling
+
+    settings = section.kd.on_policy
+    sampling = Sampling(settings.lmbda, settings.temperature, settings.top_p,
+                        settings.max_new_tokens, section.max_seq_len)
+    # Under ZeRO-3 every forward is a collective: ranks keep stepping until all are done.
+    return OnPolicy(sampling, spec.seed, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                    synced=section.zero_stage == 3 and world > 1)
 
 
 def _check_heads(student, teacher) -> None:
@@ -328,8 +377,9 @@ def _kd_params(section: TrainSection):
     kd = section.kd
     if kd.mode == "sequence":
         return KDParams(alpha=1.0)
+    # on_policy's alpha is 0 (kdist.config): the divergence alone, on every completion token.
     return KDParams(alpha=kd.alpha, temperature=kd.temperature, divergence=kd.divergence,
-                    beta=kd.beta, tail=kd.topk_tail)
+                    beta=kd.beta, tail=kd.topk_tail, cross=kd.cross_tokenizer)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -341,10 +391,13 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def _train_data(spec: TrainSpec, section: TrainSection, tokenizer):
-    from kdist.train.batches import build_examples, prepare
+def _train_data(spec: TrainSpec, section: TrainSection, tokenizer, teacher_tokenizer=None):
+    from kdist.train.batches import build_examples, build_pair_examples, prepare
 
     rows = _read_rows(spec.train_path)
+    if section.kd.cross_tokenizer:  # each row in both tokenizations (config: no packing)
+        return build_pair_examples(rows, tokenizer, teacher_tokenizer, section.max_seq_len,
+                                   log_summary=True)
     offline = section.kd.mode == "logit" and section.kd.teacher_logits == "offline"
     ground_truth = _ground_truth(spec.prompts_path) if section.kd.ground_truth_mix else None
     examples, k, missing = build_examples(rows, tokenizer, section.max_seq_len, topk=offline,
@@ -375,11 +428,15 @@ def _ground_truth(prompts_path: str | None) -> dict[str, str]:
     return {r["id"]: r["reference"] for r in rows if r["reference"]}
 
 
-def _eval_data(spec: TrainSpec, section: TrainSection, tokenizer):
-    from kdist.train.batches import build_examples, prepare
+def _eval_data(spec: TrainSpec, section: TrainSection, tokenizer, teacher_tokenizer=None):
+    from kdist.train.batches import build_examples, build_pair_examples, prepare
 
     if not spec.eval_path:
         return None
+    if section.kd.cross_tokenizer:
+        data = build_pair_examples(_read_rows(spec.eval_path), tokenizer, teacher_tokenizer,
+                                   section.max_seq_len)
+        return data if data.examples else None
     offline = section.kd.mode == "logit" and section.kd.teacher_logits == "offline"
     examples, k, _ = build_examples(_read_rows(spec.eval_path), tokenizer, section.max_seq_len,
                                     topk=offline)

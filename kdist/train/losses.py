@@ -44,6 +44,20 @@ sees is transform(hidden x head), exactly what the model's own forward returns.
 
 Entries with token id < 0 in the top-k are padding (fewer than k stored) and are ignored.
 Stored logprobs are taken as the teacher's log-probabilities at temperature 1.
+
+Across tokenizers (KDParams.cross, an online CrossTeacher), at the student positions aligned
+with a teacher position (kdist.train.cross_tokenizer: both start at the same character of the
+same text; other positions get CE only):
+
+- "uld" (universal logit distillation, Boizard et al. 2024): D = sum_i |sort(p_s)_i -
+  sort(p_t)_i|, both probability vectors at temperature T sorted in decreasing order, the
+  shorter padded with zeros: the Wasserstein-1 distance between the two distributions when
+  the tokens are unordered. Needs no shared vocabulary, blind to which token is which.
+- "align": the teacher's probabilities are moved onto the student's vocabulary by token
+  string (vocab_map; teacher tokens of one string merged by summing), and the chosen
+  divergence compares the categories "each student id that some teacher id maps to" plus
+  one tail bucket (teacher: its mass on unmapped ids; student: its mass on ids no teacher id
+  maps to), the bucket scheme of offline top-k with exact full distributions at any T.
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ import torch.nn.functional as F
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 TailMode = Literal["bucket", "renormalise"]
+CrossMode = Literal["uld", "align"]
 IGNORE_INDEX = -100
 _CHUNK_LOGITS = 1 << 23  # logits per chunk when the caller does not choose
 _TAIL_FLOOR = -80.0  # log of the smallest tail mass the top-k bucket represents
@@ -69,6 +84,7 @@ class KDParams:
     divergence: Divergence = "forward_kl"
     beta: float = 0.5  # JSD mixture weight of the teacher
     tail: TailMode = "bucket"  # offline top-k only
+    cross: CrossMode | None = None  # teacher with another vocabulary (CrossTeacher) only
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -83,6 +99,8 @@ class KDParams:
             raise ValueError(f"jsd beta must be in (0, 1) (got {self.beta})")
         if self.tail not in ("bucket", "renormalise"):
             raise ValueError(f"tail must be bucket or renormalise (got {self.tail!r})")
+        if self.cross not in (None, "uld", "align"):
+            raise ValueError(f"cross must be uld or align (got {self.cross!r})")
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,29 @@ class OnlineTeacher:
     head_weight: torch.Tensor  # [V, Ht]
     head_bias: torch.Tensor | None = None
     transform: LogitTransform | None = None
+
+
+@dataclass(frozen=True)
+class CrossTeacher:
+    """Online teacher with another vocabulary, its hidden states gathered at the student's
+    positions: row n is the teacher's state at the position aligned with the student's n, or
+    anything where aligned[n] is False (no KD term there)."""
+
+    hidden: torch.Tensor  # [N, Ht]
+    head_weight: torch.Tensor  # [Vt, Ht]
+    aligned: torch.Tensor  # [N] bool
+    vocab_map: torch.Tensor | None = None  # [Vt] student id of the same string, -1: none
+    head_bias: torch.Tensor | None = None
+    transform: LogitTransform | None = None
+
+
+@dataclass(frozen=True)
+class CrossLogits:
+    """CrossTeacher's logits for some rows: what the per-chunk terms (and kd_loss) take."""
+
+    logits: torch.Tensor  # [N, Vt]
+    aligned: torch.Tensor  # [N] bool
+    vocab_map: torch.Tensor | None = None
 
 
 @dataclass
@@ -180,6 +221,8 @@ def _chunk_sums(
         return ce_sum, student_logits.new_zeros(())
     if isinstance(teacher, TopK):
         per_token = _topk_divergence(student_logits, teacher, params)
+    elif isinstance(teacher, CrossLogits):
+        per_token = _cross_divergence(student_logits, teacher, params)
     else:
         t = params.temperature
         per_token = divergence(
@@ -226,6 +269,66 @@ def _topk_divergence(student_logits: torch.Tensor, topk: TopK, params: KDParams)
     return per_token * (topk.token_ids >= 0).any(-1)
 
 
+def _cross_divergence(student_logits: torch.Tensor, teacher: CrossLogits,
+                      params: KDParams) -> torch.Tensor:
+    t = params.temperature
+    teacher_logp = F.log_softmax(_upcast(teacher.logits) / t, dim=-1)
+    student_logp = F.log_softmax(student_logits / t, dim=-1)
+    if params.cross == "uld":
+        per_token = uld_distance(teacher_logp.exp(), student_logp.exp())
+    elif params.cross == "align":
+        if teacher.vocab_map is None:
+            raise ValueError("cross-tokenizer align needs the teacher -> student vocab_map")
+        teacher_cat, student_cat, valid = _merge_onto_student(teacher_logp, student_logp,
+                                                              teacher.vocab_map)
+        per_token = divergence(teacher_cat, student_cat, params.divergence, params.beta, valid)
+    else:
+        raise ValueError("a teacher with another vocabulary needs KDParams.cross (uld, align)")
+    return per_token * teacher.aligned
+
+
+def uld_distance(teacher_p: torch.Tensor, student_p: torch.Tensor) -> torch.Tensor:
+    """Per row: sum_i |sort(p_s)_i - sort(p_t)_i|, sorted decreasingly, the shorter vocabulary
+    padded with zeros (its missing tail is zero probability)."""
+    size = max(teacher_p.shape[-1], student_p.shape[-1])
+    sorted_t = F.pad(teacher_p.sort(-1, descending=True).values, (0, size - teacher_p.shape[-1]))
+    sorted_s = F.pad(student_p.sort(-1, descending=True).values, (0, size - student_p.shape[-1]))
+    return (sorted_s - sorted_t.to(sorted_s.dtype)).abs().sum(-1)
+
+
+def _merge_onto_student(teacher_logp: torch.Tensor, student_logp: torch.Tensor,
+                        vocab_map: torch.Tensor):
+    """(teacher, student, valid) log-probs over the student's V ids plus one tail bucket;
+    valid: the ids some teacher id maps to, and the tail."""
+    vocab = student_logp.shape[-1]
+    slot = torch.where(vocab_map >= 0, vocab_map, vocab).to(student_logp.device)  # tail: V
+    teacher_cat = _scatter_logsumexp(teacher_logp, slot, vocab + 1)
+    valid = torch.zeros(vocab + 1, dtype=torch.bool, device=slot.device)
+    valid[slot] = True
+    valid[vocab] = True
+    # Both tails get the floor of the top-k bucket: finite (and a finite gradient) when empty.
+    floor = student_logp.new_full((student_logp.shape[0], 1), _TAIL_FLOOR)
+    student_tail = torch.logsumexp(
+        torch.cat([student_logp.masked_fill(valid[:vocab], -math.inf), floor], -1), -1)
+    teacher_tail = torch.logaddexp(teacher_cat[:, vocab], floor[:, 0].to(teacher_cat.dtype))
+    teacher_cat = torch.cat([teacher_cat[:, :vocab], teacher_tail[:, None]], -1)
+    student_cat = torch.cat([student_logp, student_tail[:, None]], -1)
+    valid = valid.expand_as(student_cat)
+    return teacher_cat.to(student_cat.dtype), student_cat, valid
+
+
+def _scatter_logsumexp(logp: torch.Tensor, slot: torch.Tensor, size: int) -> torch.Tensor:
+    """out[:, c] = logsumexp of logp[:, slot == c] (-inf where no entry), exactly (no
+    underflow of small merged probabilities): shift each slot by its own max first."""
+    index = slot.expand_as(logp)
+    top = logp.new_full((logp.shape[0], size), -math.inf).scatter_reduce(
+        -1, index, logp, "amax", include_self=True)
+    shift = torch.where(torch.isfinite(top), top, 0.0)
+    total = logp.new_zeros(logp.shape[0], size).scatter_add(
+        -1, index, (logp - shift.gather(-1, index)).exp())
+    return total.log() + shift
+
+
 def _masked_log_softmax(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.masked_fill(~valid, -math.inf), dim=-1)
 
@@ -251,7 +354,7 @@ def _combine(ce_sum: torch.Tensor, kd_sum: torch.Tensor, params: KDParams) -> to
 def kd_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
-    teacher: torch.Tensor | TopK | None,
+    teacher: torch.Tensor | TopK | CrossLogits | None,
     params: KDParams,
     num_loss_tokens: int | torch.Tensor,
 ) -> LossParts:
@@ -271,7 +374,7 @@ def chunked_kd_loss(
     hidden: torch.Tensor,
     head_weight: torch.Tensor,
     labels: torch.Tensor,
-    teacher: OnlineTeacher | TopK | None,
+    teacher: OnlineTeacher | CrossTeacher | TopK | None,
     params: KDParams,
     num_loss_tokens: int | torch.Tensor,
     head_bias: torch.Tensor | None = None,
@@ -302,9 +405,12 @@ def chunked_kd_loss(
     return LossParts(loss=loss / norm, ce=ce / norm, kd=kd / norm)
 
 
-def _select_teacher(
-    teacher: OnlineTeacher | TopK | None, keep: torch.Tensor
-) -> OnlineTeacher | TopK | None:
+def _select_teacher(teacher, keep: torch.Tensor):
+    if isinstance(teacher, CrossTeacher):
+        hidden = teacher.hidden.reshape(-1, teacher.hidden.shape[-1]).index_select(0, keep)
+        return CrossTeacher(hidden.detach(), teacher.head_weight.detach(),
+                            teacher.aligned.reshape(-1).index_select(0, keep),
+                            teacher.vocab_map, teacher.head_bias, teacher.transform)
     if isinstance(teacher, OnlineTeacher):
         hidden = teacher.hidden.reshape(-1, teacher.hidden.shape[-1]).index_select(0, keep)
         return OnlineTeacher(hidden.detach(), teacher.head_weight.detach(), teacher.head_bias,
@@ -379,7 +485,12 @@ class _ChunkedKD(torch.autograd.Function):
         )
 
 
-def _teacher_chunk(teacher: OnlineTeacher | TopK | None, rows: slice):
+def _teacher_chunk(teacher, rows: slice):
+    if isinstance(teacher, CrossTeacher):
+        with torch.no_grad():
+            logits = _upcast(F.linear(teacher.hidden[rows], teacher.head_weight, teacher.head_bias))
+            return CrossLogits(_apply(teacher.transform, logits), teacher.aligned[rows],
+                               teacher.vocab_map)
     if isinstance(teacher, OnlineTeacher):
         with torch.no_grad():
             logits = _upcast(F.linear(teacher.hidden[rows], teacher.head_weight, teacher.head_bias))

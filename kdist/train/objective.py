@@ -14,6 +14,13 @@ Batches follow the transformers convention: labels unshifted (-100: no loss), an
 attention_mask (padded rows) or restarting position_ids without a mask (packed rows, see
 kdist.train.packing). Offline top-k tensors, when present, are aligned with the labels: the
 entry at position i is the teacher's distribution over the token at position i.
+
+A teacher with another tokenizer (KDParams.cross) reads its own tokens of the same rows
+(teacher_input_ids, teacher_attention_mask); `align` gives, per student position, the teacher
+position of the same token (kdist.train.cross_tokenizer), -1 where there is none.
+
+On-policy batches (kdist.train.on_policy) say which rows the student wrote (`generated`); the
+divergence is then also returned for those rows alone, as a fourth value, for the metrics.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from torch import nn
 
 from kdist.train.losses import (
     IGNORE_INDEX,
+    CrossTeacher,
     KDParams,
     LogitTransform,
+    LossParts,
     OnlineTeacher,
     TopK,
     chunked_kd_loss,
@@ -39,6 +48,7 @@ class DistillationObjective(nn.Module):
         teacher: nn.Module | None = None,
         logits_size: int | None = None,
         chunk_size: int | None = None,
+        vocab_map: torch.Tensor | None = None,
     ):
         super().__init__()
         self.student = student
@@ -49,6 +59,9 @@ class DistillationObjective(nn.Module):
         self.chunk_size = chunk_size
         self.transforms = {"student": logit_transform(student),
                            "teacher": logit_transform(teacher) if teacher is not None else None}
+        # Teacher id -> student id of the same string (cross-tokenizer align); a buffer, so it
+        # moves to the engine's device with the models.
+        self.register_buffer("vocab_map", vocab_map, persistent=False)
         for model in (student, teacher):
             if model is not None:
                 _register_head_as_external(self, _head(model))
@@ -62,25 +75,58 @@ class DistillationObjective(nn.Module):
         position_ids: torch.Tensor | None = None,
         topk_ids: torch.Tensor | None = None,
         topk_logprobs: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, ce, kd): sums over this batch's loss tokens divided by num_loss_tokens."""
+        teacher_input_ids: torch.Tensor | None = None,
+        teacher_attention_mask: torch.Tensor | None = None,
+        align: torch.Tensor | None = None,
+        generated: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """(loss, ce, kd): sums over this batch's loss tokens divided by num_loss_tokens;
+        with `generated` ([B] bool), also kd over the generated rows alone."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
                   "position_ids": position_ids}
         hidden = _final_hidden(self.student, inputs)[:, :-1]
         targets = labels[:, 1:]
         teacher = None
-        if self.teacher is not None:
+        if self.teacher is not None and self.params.cross:
+            teacher = self._cross_teacher(teacher_input_ids, teacher_attention_mask, align)
+        elif self.teacher is not None:
             with torch.no_grad():
                 teacher_hidden = _final_hidden(self.teacher, inputs)[:, :-1]
             weight, bias = _head_tensors(self.teacher, self.logits_size)
             teacher = OnlineTeacher(teacher_hidden, weight, bias, self.transforms["teacher"])
         elif topk_ids is not None:
             teacher = TopK(topk_ids[:, 1:], topk_logprobs[:, 1:])
+        if generated is None:
+            parts = self._loss(hidden, targets, teacher, num_loss_tokens)
+            return parts.loss, parts.ce, parts.kd
+        # The same loss as one call (both parts share the normalisation), split by rows.
+        rows = generated.bool()[:, None]
+        own = self._loss(hidden, targets.masked_fill(~rows, IGNORE_INDEX), teacher,
+                         num_loss_tokens)
+        data = self._loss(hidden, targets.masked_fill(rows, IGNORE_INDEX), teacher,
+                          num_loss_tokens)
+        return own.loss + data.loss, own.ce + data.ce, own.kd + data.kd, own.kd
+
+    def _loss(self, hidden, targets, teacher, num_loss_tokens) -> LossParts:
         weight, bias = _head_tensors(self.student, self.logits_size)
-        parts = chunked_kd_loss(hidden, weight, targets, teacher, self.params, num_loss_tokens,
-                                head_bias=bias, chunk_size=self.chunk_size,
-                                transform=self.transforms["student"])
-        return parts.loss, parts.ce, parts.kd
+        return chunked_kd_loss(hidden, weight, targets, teacher, self.params, num_loss_tokens,
+                               head_bias=bias, chunk_size=self.chunk_size,
+                               transform=self.transforms["student"])
+
+    def _cross_teacher(self, input_ids, attention_mask, align) -> CrossTeacher:
+        """The teacher's states, read on its own tokens, gathered at the student's positions:
+        the student's shifted position i predicts label i + 1, whose teacher counterpart at
+        position align[i + 1] is predicted from the teacher's state one before it."""
+        if input_ids is None or align is None:
+            raise ValueError("cross-tokenizer KD needs the teacher's tokens and the alignment")
+        with torch.no_grad():
+            states = _final_hidden(self.teacher, {"input_ids": input_ids,
+                                                  "attention_mask": attention_mask})
+        index = align[:, 1:] - 1
+        gathered = states.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, states.shape[-1]))
+        weight, bias = _head_tensors(self.teacher, None)
+        return CrossTeacher(gathered, weight, index >= 0, self.vocab_map, bias,
+                            self.transforms["teacher"])
 
 
 def count_loss_tokens(labels: torch.Tensor) -> int:

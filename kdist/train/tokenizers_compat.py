@@ -3,8 +3,9 @@
 Logit-level KD compares the two next-token distributions id by id. If the vocabularies differ
 (a different size, or the same string under another id) the loss is computed between unrelated
 tokens and trains garbage without any error. So before logit KD we compare the tokenizers and
-the models' output sizes, and refuse with a message that says what differs and that
-sequence-level KD (training on the teacher's text) works with any pair of models.
+the models' output sizes, and refuse with a message that says what differs and what works
+with any pair of models: cross-tokenizer logit KD (train.kd.cross_tokenizer, online teacher)
+and sequence-level KD (training on the teacher's text).
 """
 
 from __future__ import annotations
@@ -42,10 +43,22 @@ def check_logit_kd_compatible(
     if problem is not None:
         raise VocabularyMismatch(
             f"logit-level KD needs teacher and student to share one vocabulary, but {problem}; "
-            "use sequence-level KD instead (train.kd.mode=sequence), which trains on the "
-            "teacher's text and works with any tokenizers"
+            "set train.kd.cross_tokenizer uld or align (online teacher) for logit KD across "
+            "vocabularies, or use sequence-level KD instead (train.kd.mode=sequence), which "
+            "trains on the teacher's text and works with any tokenizers"
         )
     return min(teacher_logits_size, student_logits_size)
+
+
+def refuse_unchecked_topk(teacher_model: str | None) -> None:
+    """Offline top-k from a teacher without a local tokenizer: its ids cannot be checked
+    against the student's vocabulary, and generate stores no token strings to map them."""
+    raise UsageError(
+        f"train.kd.teacher_logits offline: teacher.model {teacher_model!r} is no local model dir, "
+        "so its stored top-k token ids cannot be checked against the student's vocabulary "
+        "(generate stores no token strings to map them); give teacher.model as a local dir, "
+        "or use train.kd.teacher_logits online with train.kd.cross_tokenizer uld or align, "
+        "or train.kd.mode sequence")
 
 
 def _vocab_difference(teacher: dict[str, int], student: dict[str, int]) -> str | None:

@@ -86,24 +86,48 @@ def check_enough_rows(spec: TrainSpec) -> None:
 
 
 def check_vocabularies(spec: TrainSpec) -> None:
-    """Before any worker starts: online logit KD needs teacher and student to share a
-    vocabulary (raises VocabularyMismatch, one line). Reads tokenizers and configs only."""
-    section = spec.section()
-    if section.kd.mode != "logit" or section.kd.teacher_logits != "online":
+    """Before any worker starts: logit KD and on-policy KD need teacher and student to share a
+    vocabulary (raises VocabularyMismatch, one line) unless train.kd.cross_tokenizer says how
+    to bridge them; offline top-k needs a teacher tokenizer to check its ids against. Reads
+    tokenizers and configs only."""
+    kd = spec.section().kd
+    if kd.mode == "sequence":
         return
     from transformers import AutoConfig, AutoTokenizer
 
-    from kdist.train.tokenizers_compat import check_logit_kd_compatible
+    from kdist.train.tokenizers_compat import check_logit_kd_compatible, refuse_unchecked_topk
 
-    if not spec.teacher_model_dir or not Path(spec.teacher_model_dir).is_dir():
+    local = bool(spec.teacher_model_dir) and Path(spec.teacher_model_dir).is_dir()
+    if kd.teacher_logits == "offline":
+        if not local:
+            refuse_unchecked_topk(spec.teacher_model_dir)
+        return  # the workers compare the tokenizers, with the stored k known
+    if not local:
         raise UsageError("train.kd.teacher_logits=online needs the teacher as a local model "
                          f"dir (teacher.model is {spec.teacher_model_dir!r})")
+    if kd.cross_tokenizer:
+        check_cross_tokenizer_teacher(spec)
+        return
     check_logit_kd_compatible(
         AutoTokenizer.from_pretrained(spec.teacher_model_dir),
         AutoTokenizer.from_pretrained(spec.model_dir),
         AutoConfig.from_pretrained(spec.teacher_model_dir).vocab_size,
         AutoConfig.from_pretrained(spec.model_dir).vocab_size,
     )
+
+
+def check_cross_tokenizer_teacher(spec: TrainSpec) -> None:
+    """The teacher reads every row in its own chat format, with character offsets: it needs a
+    chat template and a fast tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.teacher_model_dir)
+    if not tokenizer.chat_template:
+        raise UsageError(f"train.kd.cross_tokenizer: the teacher {spec.teacher_model_dir} has no "
+                         "chat template to read the training rows with")
+    if not tokenizer.is_fast:
+        raise UsageError(f"train.kd.cross_tokenizer: the teacher {spec.teacher_model_dir} has no "
+                         "fast tokenizer (tokenizer.json), which the character alignment needs")
 
 
 def check_chat_template(spec: TrainSpec) -> None:
@@ -144,6 +168,7 @@ def run_identity(spec: TrainSpec) -> dict[str, Any]:
         "train.precision": section.precision,
         "train.kd.mode": section.kd.mode,
         "train.kd.teacher_logits": section.kd.teacher_logits,
+        "train.kd.cross_tokenizer": section.kd.cross_tokenizer,
         "train.num_workers": section.num_workers,
         "train.zero_stage": section.zero_stage,
     }
@@ -152,7 +177,7 @@ def run_identity(spec: TrainSpec) -> dict[str, Any]:
         identity.update({"train.lora.r": lora.r, "train.lora.alpha": lora.alpha,
                          "train.lora.target_modules": lora.target_modules,
                          "train.lora.modules_to_save": sorted(lora.modules_to_save)})
-    if section.kd.mode == "logit" and section.kd.teacher_logits == "online":
+    if section.kd.mode != "sequence" and section.kd.teacher_logits == "online":
         identity["teacher.model"] = _model_ref(spec.teacher_model_dir)
     return identity
 

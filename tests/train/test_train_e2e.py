@@ -58,7 +58,8 @@ def sft_rows(n: int, seed: int, teacher_dir: Path | None = None, k: int = 4) -> 
     rows = []
     for split, index, q in synthetic.generate({"train": n}, seed):
         rows.append({"id": f"{split}-{index}", "top_logprobs": None, "messages": [
-            *q.messages(), {"role": "assistant", "content": q.answer}]})
+            {"role": "user", "content": q.user_message()},
+            {"role": "assistant", "content": q.answer}]})
     if teacher_dir is not None:
         _add_topk(rows, teacher_dir, k)
     return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
@@ -277,3 +278,57 @@ def test_fewer_rows_than_a_batch_fails_before_any_worker_starts(tiny_model_dir, 
     with pytest.raises(UsageError, match=r"has 10 rows, fewer than train.batch_size \(16\)"):
         run_training(spec)
     assert not (tmp_path / "out" / "ray_train").exists()
+
+
+def test_on_policy_distillation_under_zero2(ray_cluster, tiny_model_dir, teacher_dir, tmp_path):
+    """The student completes half of each batch itself under DeepSpeed; the teacher scores
+    every completion token; the loss is the reverse KL alone (alpha 0, T 1)."""
+    from kdist.train.trainer import run_training
+
+    spec = spec_for(tmp_path, tiny_model_dir,
+                    {"method": "full", "zero_stage": 2, "max_steps": 3, "eval_every": 3,
+                     "kd": {"mode": "on_policy",
+                            "on_policy": {"lmbda": 0.5, "max_new_tokens": 4}}},
+                    sft_rows(32, 11), sft_rows(8, 12), teacher_dir=teacher_dir)
+    result = run_training(spec)
+    metrics = read_metrics(Path(spec.out_dir))
+    assert result["kd_mode"] == "on_policy" and [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        # 8 rows a step, 4 sampled (2 per rank), each 1 to 4 tokens
+        assert 4 <= m["generated_tokens"] <= 16
+        assert m["generation_s"] > 0 and m["training_s"] > 0
+        assert m["loss"] == pytest.approx(m["kd"], rel=1e-5)  # the divergence alone
+        assert m["kd_generated"] > 0 and m["kd_dataset"] > 0
+
+
+def test_cross_tokenizer_kd_from_a_teacher_with_another_vocabulary(ray_cluster, teacher_dir,
+                                                                   tmp_path):
+    """A student with its own locally trained tokenizer learns from the demo-shaped teacher's
+    logits through the alignment (align: shared strings plus a tail bucket)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist import modelkit
+    from kdist.config import ModelBuildSection
+    from kdist.data import synthetic
+    from kdist.train.trainer import run_training
+
+    student_dir = tmp_path / "student"
+    corpus = synthetic.vocabulary_text() + [
+        q.user_message() for _, _, q in synthetic.generate({"train": 200}, seed=1)]
+    tokenizer = modelkit.train_tokenizer(corpus, 330, student_dir)  # not the teacher's 600
+    modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=2, num_heads=4),
+                         tokenizer, student_dir)
+    assert len(tokenizer) != len(AutoTokenizer.from_pretrained(teacher_dir))
+    spec = spec_for(tmp_path, student_dir,
+                    {"method": "full", "zero_stage": 2, "max_steps": 3, "eval_every": 3,
+                     "kd": {"mode": "logit", "teacher_logits": "online",
+                            "cross_tokenizer": "align", "alpha": 0.5}},
+                    sft_rows(32, 13), sft_rows(8, 14), teacher_dir=teacher_dir)
+    result = run_training(spec)
+    metrics = read_metrics(Path(spec.out_dir))
+    assert result["kd_mode"] == "logit" and len(metrics) == 3
+    assert all(m["kd"] > 0 for m in metrics)
+    assert metrics[-1]["val_loss"] > 0
+    trained = AutoModelForCausalLM.from_pretrained(Path(spec.out_dir) / "model").eval()
+    base = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+    assert not torch.allclose(logits_of(base, tokenizer), logits_of(trained, tokenizer), atol=1e-4)
