@@ -23,7 +23,7 @@ from azure.core.exceptions import (
 )
 
 from kdist.llm.base import ChatRequest, ModelResponse
-from kdist.llm.remote import RemoteBackend, top_logprobs_from_openai
+from kdist.llm.remote import RemoteBackend, connection_failure, top_logprobs_from_openai
 from kdist.llm.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
 
 _DEFAULT_API_VERSION = "2024-05-01-preview"
@@ -76,6 +76,8 @@ class AzureBackend(RemoteBackend):
         except ServiceResponseTimeoutError:
             raise RequestFailed(TIMEOUT, transient=True) from None
         except (ServiceRequestError, ServiceResponseError) as err:
+            if failure := connection_failure(err, self.endpoint.endpoint):
+                raise failure from None
             raise RequestFailed(CONNECTION, transient=True, detail=f"{type(err).__name__}: {err}") from None
         if not result.choices:
             raise RequestFailed(MALFORMED, transient=True, status=200, detail="no choices")

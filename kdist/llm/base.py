@@ -37,6 +37,8 @@ class ModelResponse:
     error: str | None = None
     status: int | None = None
     attempts: int = 1
+    # From the first attempt going out to the final answer (retries and backoff included).
+    seconds: float | None = None
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)

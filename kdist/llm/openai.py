@@ -14,7 +14,7 @@ import openai
 
 from kdist.endpoints import RemoteEndpoint
 from kdist.llm.base import ChatRequest, ModelResponse
-from kdist.llm.remote import RemoteBackend, sampling_params, top_logprobs_from_openai
+from kdist.llm.remote import RemoteBackend, connection_failure, sampling_params, top_logprobs_from_openai
 from kdist.llm.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
 
 _AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -80,9 +80,12 @@ class OpenAIBackend(RemoteBackend):
         except openai.APIStatusError as err:
             code = _error_code(err.body)
             raise failure_for_status(err.status_code, code, err.response.headers, err.message) from None
-        except openai.APITimeoutError:
-            raise RequestFailed(TIMEOUT, transient=True) from None
-        except openai.APIConnectionError as err:
+        except openai.APIConnectionError as err:  # APITimeoutError included
+            # The aiohttp transport reports a refused connection as a connect timeout.
+            if failure := connection_failure(err, self.endpoint.endpoint):
+                raise failure from None
+            if isinstance(err, openai.APITimeoutError):
+                raise RequestFailed(TIMEOUT, transient=True) from None
             raise RequestFailed(CONNECTION, transient=True, detail=str(err.__cause__ or err)) from None
         except (ValueError, KeyError, IndexError, TypeError) as err:
             raise RequestFailed(MALFORMED, transient=True, status=200, detail=type(err).__name__) from None

@@ -5,8 +5,11 @@ A backend subclass implements only `_open()` (create `self._client`, and `self._
 for Entra ID, both closed by `_aclose()`) and `_complete(request)` (one attempt, raising
 RequestFailed). Concurrency is a semaphore per worker, not a thread per request; the
 semaphore, rate limiter and SDK client are created inside the event loop that uses them.
-Callers inside an event loop (Ray Data async UDFs) await `agenerate`; plain callers use
-`generate`, which runs the same code on a private loop thread.
+Callers inside an event loop await `answer` (one row; the batch layer's stream) or
+`agenerate`; plain callers use `generate`, which runs the same code on a private loop thread.
+
+What a row's error says is scrubbed of the endpoint's secrets and cut (kdist.llm.scrub); a key
+refused a few times in a row raises KeyRefused instead of failing every row (KeyBreaker).
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from kdist.endpoints import RemoteEndpoint
 from kdist.llm.base import ChatRequest, ModelResponse
-from kdist.llm.resilience import RateLimits, RequestFailed, RetryPolicy, call_with_retries
+from kdist.llm.resilience import (
+    CONNECTION, KeyBreaker, KeyRefused, RateLimits, RequestFailed, RetryPolicy, Slots, call_with_retries,
+)  # fmt: skip
+from kdist.llm.scrub import Scrubber, without_credentials
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-_DETAIL_CHARS = 300
 
 
 def error_reason(error: str | None) -> str | None:
@@ -41,6 +47,41 @@ def api_key_from_env(endpoint: RemoteEndpoint) -> str | None:
     if not key:
         raise RuntimeError(f"api_key_env names {endpoint.api_key_env}, which is not set")
     return key
+
+
+def endpoint_address(url: str) -> str:
+    """host:port of an endpoint URL, the port filled in from the scheme."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def connection_failure(error: BaseException, url: str) -> RequestFailed | None:
+    """A failure to reach the endpoint at all, named with its address, or None when `error`
+    is something else. Looks through the exception chain: SDK transports wrap the socket
+    error, and the openai client's aiohttp transport even reports a refused connection as a
+    connect timeout."""
+    for cause in _chain(error):
+        if isinstance(cause, ConnectionRefusedError):
+            what = "connection refused"
+        elif isinstance(cause, socket.gaierror):
+            what = "host name not resolved"
+        elif isinstance(cause, (ConnectionResetError, ConnectionAbortedError)):
+            what = "connection reset"
+        else:
+            continue
+        return RequestFailed(CONNECTION, transient=True, detail=f"{what} at {endpoint_address(url)}")
+    return None
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and not any(current is earlier for earlier in seen):
+        seen.append(current)
+        # aiohttp keeps the socket's error as `os_error`
+        current = current.__cause__ or current.__context__ or getattr(current, "os_error", None)
+    return seen
 
 
 def sampling_params(endpoint: RemoteEndpoint) -> dict[str, Any]:
@@ -84,11 +125,14 @@ class RemoteBackend:
             timeout_s=endpoint.timeout_s,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._opened: asyncio.Task[None] | None = None
+        self._slots: Slots | None = None
         self._limits: RateLimits | None = None
         self._private_loop: asyncio.AbstractEventLoop | None = None
         self._private_thread: threading.Thread | None = None
         self._api_key = api_key_from_env(endpoint)
+        self.scrub = Scrubber.for_endpoint(endpoint.endpoint, self._api_key, endpoint.request_extras)
+        self.breaker = KeyBreaker(without_credentials(endpoint.endpoint), endpoint.api_key_env)
         self._client: Any = None
         self._credential: Any = None  # an Entra ID credential when there is no key
 
@@ -116,47 +160,72 @@ class RemoteBackend:
     ) -> list[ModelResponse]:
         """One response per request, in order; `on_response` sees each the moment it is final
         (so a caller can persist it then, rather than with the whole batch)."""
-        await self._bind_to_running_loop()
 
         async def one(request: ChatRequest) -> ModelResponse:
-            response = await self._one(request)
+            response = await self.answer(request)
             if on_response is not None:
                 on_response(response)
             return response
 
-        return list(await asyncio.gather(*(one(request) for request in requests)))
+        rows = [asyncio.ensure_future(one(request)) for request in requests]
+        try:
+            return list(await asyncio.gather(*rows))
+        except BaseException:  # KeyRefused: the rows not yet answered are not sent
+            for row in rows:
+                row.cancel()
+            await asyncio.gather(*rows, return_exceptions=True)
+            raise
+
+    async def answer(self, request: ChatRequest, started: asyncio.Event | None = None) -> ModelResponse:
+        """The final response to one request; `started` is set when its first attempt goes
+        out. Raises KeyRefused once the key was refused KEY_REFUSALS_TO_STOP times in a row."""
+        await self._bind_to_running_loop()
+        if self.breaker.open:
+            raise self.breaker.error()
+        response = await self._one(request, started)
+        self.breaker.record(error_reason(response.error), response.status)
+        if self.breaker.open:
+            raise self.breaker.error()
+        return response
 
     async def _bind_to_running_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._loop is loop:
-            return
-        if self._loop is not None:
-            raise RuntimeError(f"{self.name}: used from two event loops")
-        self._loop = loop
-        self._slots = asyncio.Semaphore(self.endpoint.concurrency)
-        # Limits are for the whole run; each of the `replicas` workers takes its share.
-        share = max(self.endpoint.replicas, 1)
-        rpm, tpm = self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute
-        self._limits = RateLimits(rpm / share if rpm else None, tpm / share if tpm else None)
-        await self._open()
+        if self._loop is not loop:
+            if self._loop is not None:
+                raise RuntimeError(f"{self.name}: used from two event loops")
+            self._loop = loop
+            self._slots = Slots(self.endpoint.concurrency)
+            # Limits are for the whole run; each of the `replicas` workers takes its share.
+            share = max(self.endpoint.replicas, 1)
+            rpm, tpm = self.endpoint.requests_per_minute, self.endpoint.tokens_per_minute
+            self._limits = RateLimits(rpm / share if rpm else None, tpm / share if tpm else None)
+            # One opening, awaited by every row that starts meanwhile (rows start concurrently).
+            self._opened = loop.create_task(self._open())
+        await self._opened
 
-    async def _one(self, request: ChatRequest) -> ModelResponse:
+    async def _one(self, request: ChatRequest, started: asyncio.Event | None) -> ModelResponse:
         assert self._slots is not None and self._limits is not None
         try:
-            response, attempts = await call_with_retries(
+            response, attempts, seconds = await call_with_retries(
                 lambda: self._complete(request),
                 policy=self._policy,
                 limits=self._limits,
                 slots=self._slots,
                 estimated_tokens=self._estimated_tokens(request),
+                started=started,
             )
         except RequestFailed as failed:
             error = f"{failed.reason}: {failed.detail}" if failed.detail else failed.reason
-            return self._error_row(request, error[:_DETAIL_CHARS], failed.status, failed.attempts)
+            return self._error_row(request, self.scrub(error), failed.status, failed.attempts, failed.seconds)
+        except KeyRefused:
+            raise
         except Exception as unexpected:  # one odd reply must not end the run: it becomes data
-            log.warning("%s: row %s failed unexpectedly: %r", self.name, request.id, unexpected)
-            return self._error_row(request, f"unexpected: {type(unexpected).__name__}", None, 1)
-        response.attempts = attempts
+            log.warning("%s: row %s failed unexpectedly: %s", self.name, request.id, self.scrub(repr(unexpected)))
+            return self._error_row(request, f"unexpected: {type(unexpected).__name__}", None, 1, 0.0)
+        finally:
+            if started is not None:
+                started.set()  # also when it never went out (an error before the first attempt)
+        response.attempts, response.seconds = attempts, round(seconds, 4)
         return response
 
     def _estimated_tokens(self, request: ChatRequest) -> int:
@@ -164,10 +233,11 @@ class RemoteBackend:
         chars = sum(len(str(message.get("content", ""))) for message in request.messages)
         return chars // 4 + self.endpoint.sampling.max_tokens
 
-    def _error_row(self, request: ChatRequest, error: str, status: int | None, attempts: int) -> ModelResponse:
+    def _error_row(self, request: ChatRequest, error: str, status: int | None, attempts: int, seconds: float) -> ModelResponse:
         return ModelResponse(
-            id=request.id, request_hash=request.request_hash, candidate=request.candidate, model=self.name, error=error, status=status, attempts=attempts
-        )
+            id=request.id, request_hash=request.request_hash, candidate=request.candidate, model=self.name,
+            error=error, status=status, attempts=attempts, seconds=round(seconds, 4),
+        )  # fmt: skip
 
     # --- the blocking entry point -----------------------------------------------------------
 

@@ -3,24 +3,31 @@
 Remote endpoints fail in two ways that need opposite handling: transient failures (429, 5xx,
 timeouts, dropped connections, a truncated body) are retried with exponential backoff and
 jitter, waiting at least as long as the service asked (Retry-After, retry-after-ms,
-x-ratelimit-reset-*); permanent failures (400, content filter, 401/403) are never retried,
-because asking again costs money and gives the same answer. The SDKs' own retries are turned
-off by the backends so that every attempt is counted here, once.
+x-ratelimit-reset-*); permanent failures (400, content filter, 401/403, 501 and the other
+5xx that say "never") are never retried, because asking again costs money and gives the same
+answer. The SDKs' own retries are turned off by the backends so that every attempt is counted
+here, once. A refused key is not a per-row failure at all: `KeyBreaker` stops the worker
+after a few in a row, rather than paying to hear 401 for every row of the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import heapq
+import itertools
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
+
+from kdist.errors import UsageError
 
 T = TypeVar("T")
 
@@ -33,6 +40,14 @@ MALFORMED = "malformed_response"
 CONTENT_FILTER = "content_filter"
 BAD_REQUEST = "bad_request"
 AUTH = "auth"
+
+# Statuses another attempt may cure: timeouts and conflicts, rate limits, and the 5xx of an
+# overloaded or restarting service (Cloudflare's 520-524 and the 529 "overloaded" of some LLM
+# gateways included). Every other 5xx (501 Not Implemented, 505, 507...) says the request will
+# never work there: permanent.
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
+# Consecutive 401/403 answers after which a worker stops: the key is wrong, not the row.
+KEY_REFUSALS_TO_STOP = 5
 
 
 class RequestFailed(Exception):
@@ -54,6 +69,40 @@ class RequestFailed(Exception):
         self.retry_after_s = retry_after_s
         self.detail = detail.strip().splitlines()[0] if detail.strip() else ""
         self.attempts = 1
+        self.seconds = 0.0  # first attempt to the final failure, set by call_with_retries
+
+
+class KeyRefused(UsageError):
+    """The endpoint refused the key (401/403) several times in a row: the stage stops."""
+
+
+class KeyBreaker:
+    """Counts consecutive 401/403 answers of one worker; any other answer resets the count.
+
+    The message names the endpoint and the key's variable, never the key."""
+
+    def __init__(self, endpoint: str, key_variable: str | None, limit: int = KEY_REFUSALS_TO_STOP) -> None:
+        self.endpoint, self.key_variable, self.limit = endpoint, key_variable, limit
+        self.in_a_row = 0
+        self.last_status: int | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.in_a_row >= self.limit
+
+    def record(self, reason: str | None, status: int | None) -> None:
+        if reason == AUTH:
+            self.in_a_row += 1
+            self.last_status = status
+        else:
+            self.in_a_row = 0
+
+    def error(self) -> KeyRefused:
+        where = f"the key in ${self.key_variable}" if self.key_variable else "the Entra ID token (no api_key_env)"
+        return KeyRefused(
+            f"{self.endpoint} refused {where}: {self.in_a_row} answers in a row were {self.last_status} "
+            "(wrong or expired key, or no access to this model); stopped rather than ask every row"
+        )
 
 
 def failure_for_status(
@@ -64,8 +113,10 @@ def failure_for_status(
     wait = retry_after_seconds(headers or {})
     if status == 429:
         return RequestFailed(RATE_LIMITED, transient=True, status=status, retry_after_s=wait, detail=detail)
-    if status in (408, 409) or status >= 500:
+    if status in TRANSIENT_STATUSES:
         return RequestFailed(SERVER_ERROR, transient=True, status=status, retry_after_s=wait, detail=detail)
+    if status >= 500:
+        return RequestFailed(SERVER_ERROR, transient=False, status=status, detail=detail)
     if "content_filter" in code or "content_filter" in detail.lower():
         return RequestFailed(CONTENT_FILTER, transient=False, status=status, detail=detail)
     if status in (401, 403):
@@ -151,6 +202,47 @@ class RateLimits:
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
 
+class Slots:
+    """`n` requests on the wire at once, where a retry takes the next free slot before any
+    first attempt: a row that failed once does not go to the back of its worker's queue
+    (hundreds of fresh rows in a streaming worker), so its time to a final answer is its own
+    backoff and attempts, not the queue's. FIFO within each kind."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, retry: bool) -> AsyncIterator[None]:
+        await self._acquire(0 if retry else 1)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, rank: int) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (rank, next(self._order), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release()  # granted just as it was cancelled: pass the slot on
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():  # skip waiters cancelled meanwhile
+                granted.set_result(None)
+                return
+        self._free += 1
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 6
@@ -181,13 +273,17 @@ async def call_with_retries(
     *,
     policy: RetryPolicy,
     limits: RateLimits,
-    slots: asyncio.Semaphore,
+    slots: Slots,
     estimated_tokens: int,
-) -> tuple[T, int]:
-    """Run `call` until it succeeds or fails permanently; return (result, attempts).
+    started: asyncio.Event | None = None,
+) -> tuple[T, int, float]:
+    """Run `call` until it succeeds or fails permanently; return (result, attempts, seconds),
+    seconds from the first attempt going out to the final answer (not the wait for a slot
+    before it: that is the worker's queue, not the row's cost).
 
-    On final failure raises RequestFailed with `attempts` set. Each attempt holds one of the
-    concurrency `slots` only while it is on the wire, not while it backs off.
+    On final failure raises RequestFailed with `attempts` and `seconds` set. Each attempt
+    holds one of the concurrency `slots` only while it is on the wire, not while it backs
+    off. `started` is set when the first attempt goes out.
     """
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.max_attempts),
@@ -196,26 +292,37 @@ async def call_with_retries(
         reraise=True,
     )
     attempts = 0
+    first_sent: list[float] = []
     try:
         async for attempt in retrying:
             with attempt:
                 attempts = attempt.retry_state.attempt_number
-                result = await _one_attempt(call, policy, limits, slots, estimated_tokens)
-        return result, attempts
+                result = await _one_attempt(call, policy, limits, slots, estimated_tokens, first_sent, started)
+        return result, attempts, _since(first_sent)
     except RequestFailed as failed:
-        failed.attempts = attempts
+        failed.attempts, failed.seconds = attempts, _since(first_sent)
         raise
+
+
+def _since(first_sent: list[float]) -> float:
+    return time.monotonic() - first_sent[0] if first_sent else 0.0
 
 
 async def _one_attempt(
     call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     limits: RateLimits,
-    slots: asyncio.Semaphore,
+    slots: Slots,
     estimated_tokens: int,
+    first_sent: list[float],
+    started: asyncio.Event | None,
 ) -> T:
-    async with slots:
+    async with slots.hold(retry=bool(first_sent)):
         await limits.acquire(estimated_tokens)
+        if not first_sent:
+            first_sent.append(time.monotonic())
+            if started is not None:
+                started.set()
         try:
             return await asyncio.wait_for(call(), policy.timeout_s)
         except TimeoutError:

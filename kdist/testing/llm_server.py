@@ -36,7 +36,9 @@ from aiohttp import web
 
 # Faults that a retry can cure, and faults it cannot (the client must not retry them).
 TRANSIENT_FAULTS = ("rate_limit", "server_error", "unavailable", "timeout", "reset", "malformed")
-PERMANENT_FAULTS = ("content_filter", "bad_request", "unauthorized")
+# "not_implemented" is a 501; "echo_key" a 400 whose message repeats the key the client sent
+# (as some gateways do), to check that no key reaches the stored error text.
+PERMANENT_FAULTS = ("content_filter", "bad_request", "unauthorized", "forbidden", "not_implemented", "echo_key")
 
 # A labelled choice: "A) apple", "(B) pear" or "C. plum", at a line start or after a space.
 _CHOICE_LINE = re.compile(r"(?:^|\s)\(?([A-J])[).:]\s+\S", re.MULTILINE)
@@ -137,6 +139,11 @@ class _State:
         self.in_flight = 0
         self.max_in_flight = 0
         self.window: list[float] = []  # arrival times for the server-side rpm limit
+        # Wall-clock times (time.time()) of the first request and the last reply: the span a
+        # fan-out kept the endpoint busy, for benchmarks.
+        self.first_request_at: float | None = None
+        self.last_reply_at: float | None = None
+        self.busy_s = 0.0  # summed time requests spent in the handler (the slots' real work)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -144,6 +151,9 @@ class _State:
             "outcomes": dict(self.outcomes),
             "total": sum(self.requests.values()),
             "max_in_flight": self.max_in_flight,
+            "first_request_at": self.first_request_at,
+            "last_reply_at": self.last_reply_at,
+            "busy_s": self.busy_s,
         }
 
 
@@ -164,6 +174,8 @@ def build_app(settings: ServerSettings) -> web.Application:
             return _error(400, "invalid_request", "the body must be JSON with 'messages'")
         key = message_key(messages)
         state.requests[key] += 1
+        state.first_request_at = state.first_request_at or time.time()
+        arrived = time.monotonic()
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
@@ -178,6 +190,8 @@ def build_app(settings: ServerSettings) -> web.Application:
             return web.json_response(_completion(body, messages, settings.model, unparsable))
         finally:
             state.in_flight -= 1
+            state.last_reply_at = time.time()
+            state.busy_s += time.monotonic() - arrived
 
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(state.snapshot())
@@ -186,6 +200,8 @@ def build_app(settings: ServerSettings) -> web.Application:
         state.requests.clear()
         state.outcomes.clear()
         state.max_in_flight = 0
+        state.first_request_at = state.last_reply_at = None
+        state.busy_s = 0.0
         return web.json_response({"ok": True})
 
     async def models(_: web.Request) -> web.Response:
@@ -274,6 +290,13 @@ async def _fault_response(request: web.Request, fault: str, settings: ServerSett
         return _error(400, "invalid_request_error", "This model's maximum context length is exceeded.")
     if fault == "unauthorized":
         return _error(401, "401", "Access denied due to invalid subscription key.")
+    if fault == "forbidden":
+        return _error(403, "403", "The principal does not have access to this deployment.")
+    if fault == "not_implemented":
+        return _error(501, "not_implemented", "This route does not support chat completions.")
+    if fault == "echo_key":
+        key = _presented_key(request) or ""
+        return _error(400, "invalid_request_error", f"Bad request from {key} to {request.url}: {'x' * 400}")
     raise ValueError(f"unknown fault {fault}")
 
 

@@ -31,7 +31,13 @@ def test_retry_after_from_the_headers_services_send(headers, seconds):
     [
         (429, "429", "rate_limited", True),
         (500, None, "server_error", True),
+        (502, None, "server_error", True),
         (503, None, "server_error", True),
+        (504, None, "server_error", True),
+        (529, None, "server_error", True),
+        (501, None, "server_error", False),
+        (505, None, "server_error", False),
+        (507, None, "server_error", False),
         (400, "content_filter", "content_filter", False),
         (400, "invalid_request_error", "bad_request", False),
         (401, "401", "auth", False),
@@ -70,3 +76,32 @@ def test_tokens_per_minute_paces_and_pause_holds_everyone():
     paced, paused = asyncio.run(run())
     assert 1.6 < paced < 3.5
     assert paused >= 0.29
+
+
+def test_slots_bound_what_is_in_flight_and_serve_retries_first():
+    from kdist.llm.resilience import Slots
+
+    async def run() -> tuple[list[str], int]:
+        slots, order, peak, busy = Slots(2), [], [0], [0]
+
+        async def attempt(name: str, retry: bool) -> None:
+            async with slots.hold(retry):
+                busy[0] += 1
+                peak[0] = max(peak[0], busy[0])
+                order.append(name)
+                await asyncio.sleep(0.01)
+                busy[0] -= 1
+
+        first = [asyncio.create_task(attempt(f"fresh{i}", False)) for i in range(6)]
+        await asyncio.sleep(0)  # two hold the slots, four wait
+        cancelled = asyncio.create_task(attempt("gone", True))
+        await asyncio.sleep(0)
+        cancelled.cancel()  # a waiter cancelled in the queue gives up nothing
+        retries = [asyncio.create_task(attempt(f"retry{i}", True)) for i in range(2)]
+        await asyncio.gather(*first, *retries)
+        return order, peak[0]
+
+    order, peak = asyncio.run(run())
+    assert peak == 2 and "gone" not in order
+    assert order[:4] == ["fresh0", "fresh1", "retry0", "retry1"]  # retries jump the queue
+    assert order[4:] == ["fresh2", "fresh3", "fresh4", "fresh5"]
