@@ -14,14 +14,19 @@ What every caller gets:
 - exact resume: each row's request hash covers (model and its weights, messages, sampling)
   and is computed in the workers; a rerun asks only for hashes without a successful answer,
   looked up in an Arrow set, so nothing is paid for twice;
-- answers persisted by the workers, in shards that are complete or absent; each answer is
-  handed to the worker's sink the moment it is final, not when its batch is.
+- answers persisted as they arrive: an HTTP worker streams its rows (kdist.llm.stream: a
+  freed slot is refilled at once, no answer waits for its batch-mates) and appends each
+  answer to its log the moment it is final (kdist.llm.answer_log); logs become shards, and a
+  killed run's logs are recovered by the next one, so a kill -9 re-pays at most the requests
+  on the wire. In-process models (hf, vllm) answer a batch at once and write it as a shard;
+- shards verified before they are trusted: a corrupt one is set aside with a warning naming
+  it, and only its rows are asked again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdist.endpoints import Endpoint, PriceSection, RemoteEndpoint
+from kdist.llm import answer_log
 from kdist.llm.base import ChatRequest, ModelResponse, request_hash
 from kdist.llm.models import weights_fingerprint
 from kdist.llm.remote import error_reason
@@ -45,8 +51,10 @@ REMOTE_WORKER_CPUS = 0.25
 SIDE_STAGE_CPUS = 0.1
 # Rows hashed per call (each call also records what was asked, one small shard).
 HASH_BATCH_ROWS = 4096
-# Ray Data runs up to 4 batches of a block at once in an async actor (its default); two
-# blocks in flight per actor keep it busy between blocks.
+# Ray Data runs up to 4 batches of a block at once in an async actor (its default). Two
+# blocks run at once per HTTP actor (max_concurrent_calls_per_actor: without it Ray Data runs
+# one task at a time per actor), so a call is always there to take over the stream's
+# unfinished rows (kdist.llm.stream) and new rows keep coming while a block ends.
 BATCHES_PER_BLOCK = 4
 TASKS_PER_ACTOR = 2
 
@@ -66,12 +74,13 @@ def run_inference(
 ) -> InferenceResult:
     """Answer every request not answered before; see the module docstring."""
     store = ResponseStore(store_uri)
-    if removed := store.remove_temporaries():
-        log.info("%s: removed %d half-written shards of an interrupted run", label, removed)
+    _trust_only_whole_shards(store, label)
     run_id = new_run_id()
     todo = _not_yet_answered(requests, endpoint, store, run_id, expected_rows)
     answered = _fan_out(todo, endpoint, store.uri, run_id)
     _drive(answered, label, expected_rows)
+    # Logs a worker did not compact (one Ray Data stopped early) are this run's answers too.
+    answer_log.recover(store)
     dropped = store.drop_superseded(run_id)
     summary = summarize(store, run_id, getattr(endpoint, "prices", None))
     summary["duplicates_dropped"] = dropped
@@ -79,6 +88,16 @@ def run_inference(
 
 
 # --- hashing and resume ------------------------------------------------------------------------
+
+
+def _trust_only_whole_shards(store: ResponseStore, label: str) -> None:
+    """Before the done set is read: a killed run's logged answers become shards, its
+    half-written files go, and shards that do not read whole are set aside."""
+    if recovered := answer_log.recover(store):
+        log.info("%s: recovered %d answers from the logs of an interrupted run", label, recovered)
+    if removed := store.remove_temporaries():
+        log.info("%s: removed %d half-written shards of an interrupted run", label, removed)
+    store.set_aside_corrupt()
 
 
 def request_identity(endpoint: Endpoint) -> str:
@@ -166,6 +185,9 @@ def _fan_out(todo: Any, endpoint: Endpoint, store_uri: str, run_id: str) -> Any:
     sink = {"store_uri": store_uri, "run_id": run_id}
     common = {"batch_size": endpoint.batch_size, "batch_format": "pyarrow"}
     pool = ActorPoolStrategy(size=endpoint.replicas, max_tasks_in_flight_per_actor=TASKS_PER_ACTOR)
+    streaming_pool = ActorPoolStrategy(
+        size=endpoint.replicas, max_tasks_in_flight_per_actor=TASKS_PER_ACTOR, max_concurrent_calls_per_actor=TASKS_PER_ACTOR
+    )
     if endpoint.kind == "vllm":
         from kdist.llm.vllm import VLLMBackend
 
@@ -174,7 +196,7 @@ def _fan_out(todo: Any, endpoint: Endpoint, store_uri: str, run_id: str) -> Any:
         )
     kwargs = {"endpoint": endpoint, **sink}
     if isinstance(endpoint, RemoteEndpoint):
-        return todo.map_batches(_RemoteWorker, fn_constructor_kwargs=kwargs, compute=pool, num_cpus=REMOTE_WORKER_CPUS, **common)
+        return todo.map_batches(_RemoteWorker, fn_constructor_kwargs=kwargs, compute=streaming_pool, num_cpus=REMOTE_WORKER_CPUS, **common)
     gpus = 1 if cluster_has_gpus() else 0
     return todo.map_batches(_LocalWorker, fn_constructor_kwargs=kwargs, compute=pool, num_cpus=1, num_gpus=gpus, **common)
 
@@ -188,45 +210,37 @@ def _drive(answered: Any, label: str, expected_rows: int) -> None:
 
 
 class _ShardSink:
-    """Where a worker puts each answer the moment it is final; `flush` writes what has
-    arrived as one shard (complete or absent) and returns the count."""
+    """In-process models answer a batch at once: its answers are written as one shard
+    (complete or absent) and counted."""
 
     def __init__(self, store_uri: str, run_id: str) -> None:
         self.store = ResponseStore(store_uri)
         self.run_id = run_id
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, response: ModelResponse | dict[str, Any]) -> None:
-        self.rows.append(response if isinstance(response, dict) else response.to_row())
-
-    def take(self) -> list[dict[str, Any]]:
-        rows, self.rows = self.rows, []
-        return rows
 
     def write(self, rows: list[dict[str, Any]]) -> pa.Table:
         if rows:
             self.store.write_shard(pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA), self.run_id)
-        return pa.table({"rows": [len(rows)], "errors": [sum(1 for r in rows if r["error"])]})
+        return _counts(len(rows), sum(1 for r in rows if r["error"]))
 
-    def flush(self) -> pa.Table:
-        return self.write(self.take())
+
+def _counts(rows: int, errors: int) -> pa.Table:
+    return pa.table({"rows": [rows], "errors": [errors]})
 
 
 class _RemoteWorker:
-    """Async Ray Data actor: Ray runs several batches at once on its event loop, and the
-    backend's semaphore bounds the requests in flight across them."""
+    """Async Ray Data actor for HTTP endpoints: every batch joins the actor's one stream of
+    rows (kdist.llm.stream), which logs each answer the moment it is final."""
 
     def __init__(self, endpoint: RemoteEndpoint, store_uri: str, run_id: str) -> None:
         from kdist.llm import build_backend
+        from kdist.llm.stream import AnswerStream
 
         self.backend = build_backend(endpoint)
-        self.sink = _ShardSink(store_uri, run_id)
+        log_ = answer_log.AnswerLog(ResponseStore(store_uri), run_id)
+        self.stream = AnswerStream(self.backend.answer, log_)  # type: ignore[attr-defined]
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        await self.backend.agenerate(_requests(batch), on_response=self.sink.add)  # type: ignore[attr-defined]
-        # Taken on the loop's thread, written off it: answers of other batches still in
-        # flight keep arriving meanwhile and go into the next shard.
-        return await asyncio.to_thread(self.sink.write, self.sink.take())
+        return _counts(*await self.stream.feed(_requests(batch)))
 
 
 class _LocalWorker:
@@ -239,9 +253,12 @@ class _LocalWorker:
         self.sink = _ShardSink(store_uri, run_id)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        for response in self.backend.generate(_requests(batch)):
-            self.sink.add(response)
-        return self.sink.flush()
+        start = time.monotonic()
+        responses = self.backend.generate(_requests(batch))
+        seconds = round(time.monotonic() - start, 4)  # the batch's time is each row's
+        for response in responses:
+            response.seconds = seconds
+        return self.sink.write([response.to_row() for response in responses])
 
 
 class _WriteAnswered:
@@ -252,9 +269,7 @@ class _WriteAnswered:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         fields = [name for name in RESPONSE_SCHEMA.names if name in batch.column_names]
-        for row in batch.select(fields).to_pylist():
-            self.sink.add(row)
-        return self.sink.flush()
+        return self.sink.write(batch.select(fields).to_pylist())
 
 
 # --- the summary -------------------------------------------------------------------------------

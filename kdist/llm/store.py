@@ -1,12 +1,17 @@
 """The responses store: directories of Parquet shards that are complete or absent.
 
 `answers/` holds rows of kdist.rows.RESPONSE_SCHEMA, keyed by (id, candidate): a table
-directory that pyarrow, Ray Data and `datasets` read as one dataset. Workers write each
-batch of answers as its own shard, under a hidden temporary name renamed into place, so a
-kill -9 leaves only whole shards (and hidden temp files, which readers skip). Shard names sort
-by run, so "newer" is well defined when a rerun answers a key again. Beside the shards,
-`requests/` records which (id, candidate, request_hash) each run was asked for, so a summary
-covers exactly the current request set.
+directory that pyarrow, Ray Data and `datasets` read as one dataset. Shards are written under
+a hidden temporary name renamed into place, so a kill -9 leaves only whole shards (and hidden
+temp files, which readers skip); answers reach them through the workers' logs
+(kdist.llm.answer_log). Shard names sort by run, so "newer" is well defined when a rerun
+answers a key again. Beside the shards, `requests/` records which (id, candidate,
+request_hash) each run was asked for, so a summary covers exactly the current request set.
+
+Shards carry page checksums, and `set_aside_corrupt` reads every shard (footer and pages)
+before a run trusts them: a truncated or corrupt shard is moved to `corrupt/` with a warning
+that names it, and only its rows are asked again. A shard that fails to read later names
+itself in a one-line UsageError, never in a bare traceback.
 
 Everything that scans the store works on Arrow columns, never on Python objects per row: a
 store of millions of answers stays a few columns of memory in the driver.
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from kdist import storage
@@ -37,6 +43,7 @@ SHARD_PREFIX = "part-"
 SHARD_SUFFIX = ".parquet"
 ANSWERS_DIR = "answers"
 REQUESTS_DIR = "requests"
+CORRUPT_DIR = "corrupt"
 HASH_CHARS = 32  # kdist.llm.base.request_hash: 128 bits as hex
 REQUEST_INDEX_SCHEMA = pa.schema([("id", pa.string()), ("candidate", pa.string()), ("request_hash", pa.string())])
 
@@ -99,12 +106,13 @@ class ResponseStore:
     def answers_uri(self) -> str:
         return storage.join(self.uri, ANSWERS_DIR)
 
-    def write_shard(self, table: pa.Table, run_id: str, directory: str = ANSWERS_DIR) -> str:
-        """One shard in one of the store's directories, complete or absent."""
-        name = f"{SHARD_PREFIX}{run_id}-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
+    def write_shard(self, table: pa.Table, run_id: str, directory: str = ANSWERS_DIR, tag: str | None = None) -> str:
+        """One shard in one of the store's directories, complete or absent. `tag` (unique
+        within the run) makes the name repeatable: writing it again replaces it."""
+        name = f"{SHARD_PREFIX}{run_id}-{tag or uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
         uri = storage.join(self.uri, directory, name)
         schema = REQUEST_INDEX_SCHEMA if directory == REQUESTS_DIR else RESPONSE_SCHEMA
-        storage.write_table(uri, table.select(schema.names).cast(schema))
+        storage.write_bytes(uri, _checksummed_parquet(table.select(schema.names).cast(schema)))
         return uri
 
     def record_requests(self, table: pa.Table, run_id: str) -> None:
@@ -128,7 +136,32 @@ class ResponseStore:
 
     def read_columns(self, columns: list[str]) -> Iterator[tuple[str, pa.Table]]:
         for path in self.shard_paths():
-            yield path, pq.read_table(path, columns=columns, filesystem=self.fs, schema=RESPONSE_SCHEMA)
+            yield path, self._read(path, columns)
+
+    def _read(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        try:
+            return pq.read_table(path, columns=columns, filesystem=self.fs, schema=RESPONSE_SCHEMA)
+        except (OSError, pa.ArrowException) as err:
+            raise UsageError(f"responses shard {path} cannot be read ({_first_line(err)}); a rerun sets it aside and asks its rows again") from None
+
+    # --- verification ----------------------------------------------------------------------
+
+    def set_aside_corrupt(self) -> list[str]:
+        """Move every shard that does not read whole (footer, pages, checksums) to `corrupt/`,
+        with one warning line each; return their new locations. Its rows are then missing
+        from the done set, so the run asks them again."""
+        moved = []
+        for path in self.shard_paths():
+            problem = _unreadable(self.fs, path)
+            if problem is None:
+                continue
+            target = storage.join(self.uri, CORRUPT_DIR, path.rsplit("/", 1)[-1] + ".corrupt")
+            _, target_path = storage.filesystem_for(target)
+            self.fs.create_dir(target_path.rsplit("/", 1)[0], recursive=True)
+            self.fs.move(path, target_path)
+            log.warning("responses shard %s is corrupt (%s): moved to %s, its rows are asked again", path, problem, target_path)
+            moved.append(target_path)
+        return moved
 
     def read_all(self, columns: list[str] | None = None) -> pa.Table:
         """Small stores and tests; stages stream with `dataset()`."""
@@ -158,7 +191,7 @@ class ResponseStore:
         """The (id, candidate, request_hash) set that run `run_id` was asked for."""
         directory = storage.join(self.uri, REQUESTS_DIR)
         paths = storage.list_files(directory, prefix=f"{SHARD_PREFIX}{run_id}-", suffix=SHARD_SUFFIX)
-        tables = [pq.read_table(path, filesystem=self.fs, schema=REQUEST_INDEX_SCHEMA) for path in paths]
+        tables = [self._read_index(path) for path in paths]
         if not tables:
             return REQUEST_INDEX_SCHEMA.empty_table()
         # A retried Ray task may have recorded a block twice: one row per key. One key asked
@@ -174,6 +207,12 @@ class ResponseStore:
             )
         return grouped.select(["id", "candidate", "request_hash_last"]).rename_columns(["id", "candidate", "request_hash"])
 
+    def _read_index(self, path: str) -> pa.Table:
+        try:
+            return pq.read_table(path, filesystem=self.fs, schema=REQUEST_INDEX_SCHEMA)
+        except (OSError, pa.ArrowException) as err:
+            raise UsageError(f"request index {path} cannot be read ({_first_line(err)}); delete it and rerun") from None
+
     # --- compaction ------------------------------------------------------------------------
 
     def drop_superseded(self, run_id: str) -> int:
@@ -188,7 +227,7 @@ class ResponseStore:
             return 0
         parts = []
         for index, path in enumerate(paths):
-            table = pq.read_table(path, columns=["id", "candidate", "error"], filesystem=self.fs, schema=RESPONSE_SCHEMA)
+            table = self._read(path, ["id", "candidate", "error"])
             n = table.num_rows
             parts.append(pa.table({
                 "key": response_key(table),
@@ -213,15 +252,41 @@ class ResponseStore:
         return dropped
 
     def _rewrite_without(self, path: str, rows: np.ndarray) -> None:
-        table = pq.read_table(path, filesystem=self.fs, schema=RESPONSE_SCHEMA)
+        table = self._read(path)
         keep = np.ones(table.num_rows, dtype=bool)
         keep[rows] = False
         kept = table.filter(pa.array(keep))
         if kept.num_rows:
-            storage.write_table(self._uri_of(path), kept)
+            storage.write_bytes(self._uri_of(path), _checksummed_parquet(kept))
         else:
             self.fs.delete_file(path)
 
     def _uri_of(self, path: str) -> str:
         """A path inside the store's filesystem back as a location kdist.storage takes."""
         return storage.join(self.answers_uri, path.rsplit("/", 1)[-1])
+
+
+def _checksummed_parquet(table: pa.Table) -> bytes:
+    """A shard as Parquet bytes with a CRC per page, so flipped bytes are noticed on read
+    (shards are a few thousand rows: built in memory, then written complete or absent)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, write_page_checksum=True)
+    return sink.getvalue().to_pybytes()
+
+
+def _unreadable(fs: pafs.FileSystem, path: str) -> str | None:
+    """Why a shard cannot be trusted (truncated, bad footer, a page that fails its checksum
+    or does not decode), or None. Reads one row group at a time."""
+    try:
+        with fs.open_input_file(path) as handle:
+            shard = pq.ParquetFile(handle, page_checksum_verification=True)
+            for group in range(shard.num_row_groups):
+                shard.read_row_group(group)
+    except (OSError, pa.ArrowException, ValueError) as err:
+        return _first_line(err)
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:160] if text else type(err).__name__

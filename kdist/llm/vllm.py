@@ -130,7 +130,13 @@ class _Postprocess:
             "error": f"engine_error: {error}"[:300] if error else None,
             "status": None,
             "attempts": 1,
+            # the engine's own time for this request (ray.data.llm sets -1 on an error)
+            "seconds": _seconds(row.get("time_taken_llm")),
         }
+
+
+def _seconds(value: Any) -> float | None:
+    return round(float(value), 4) if isinstance(value, int | float) and value >= 0 else None
 
 
 def top_logprobs_from_vllm(steps: Any, k: int) -> list[dict[str, list[Any]]] | None:

@@ -3,6 +3,8 @@ id, exact resume, errors as rows, and a request hash that names the model's weig
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -11,6 +13,9 @@ from kdist.llm.batch import request_identity, run_inference
 from kdist.testing.llm_server import FaultPlan, LLMServer, ServerSettings, message_key
 
 pytestmark = pytest.mark.usefixtures("local_ray")
+
+# Set before the module's Ray starts: its workers read the key from their environment.
+os.environ.setdefault("KDIST_WRONG_KEY", "wrong-key-5150")
 
 
 def _requests(ids: list[str], candidates: list[str]):
@@ -71,3 +76,75 @@ def test_a_local_model_is_named_by_its_weights(tiny_model_dir, tmp_path):
     weights.write_bytes(weights.read_bytes())  # retrained in place: same path, new file
     assert request_identity(HFEndpoint(model=str(copy))) != before
     assert request_identity(OpenAIEndpoint(model="gpt", endpoint="http://127.0.0.1:1/v1")) == "openai:gpt"
+
+
+def _hash_of(endpoint: OpenAIEndpoint, row: dict) -> str:
+    from kdist.llm.base import request_hash
+
+    return request_hash(request_identity(endpoint), row["messages"], endpoint.sampling.model_dump())
+
+
+def test_answers_in_a_killed_runs_log_are_recovered_not_asked_again(tmp_path):
+    import json
+
+    from kdist.llm.answer_log import log_dir
+    from kdist.llm.store import new_run_id
+
+    store = str(tmp_path / "answers")
+    requests, rows = _requests([f"q{i}" for i in range(30)], ["teacher"])
+    with LLMServer(ServerSettings()) as server:
+        endpoint = _endpoint(server)
+        logs = log_dir(store)
+        logs.mkdir(parents=True)
+        killed = new_run_id()
+        lines = [json.dumps({"id": r["id"], "candidate": "teacher", "request_hash": _hash_of(endpoint, r), "model": "openai:m",
+                             "response": "A", "attempts": 1, "seconds": 0.2}) for r in rows[:10]]  # fmt: skip
+        (logs / f"{killed}-deadbeef-000001.jsonl").write_text("\n".join(lines) + '\n{"id": "q10", "cand')
+        result = run_inference(requests, endpoint, store, expected_rows=30)
+        counts = server.stats()["requests"]
+    asked = {row["id"] for row in rows if counts.get(message_key(row["messages"]))}
+    assert asked == {row["id"] for row in rows[10:]}  # the 10 logged answers were not paid again
+    assert (result.summary["done"], result.summary["this_run"]["requested"]) == (30, 20)
+    table = result.store.read_all(["id", "seconds"])
+    assert table.num_rows == 30 and table["seconds"].null_count == 0
+    assert not list(logs.glob("*.jsonl"))
+
+
+def test_a_corrupt_shard_is_set_aside_and_only_its_rows_are_asked_again(tmp_path, caplog):
+    import logging
+
+    store = str(tmp_path / "answers")
+    requests, rows = _requests([f"q{i}" for i in range(40)], ["teacher"])
+    half, _ = _requests([f"q{i}" for i in range(20)], ["teacher"])
+    with LLMServer(ServerSettings()) as server:
+        run_inference(half, _endpoint(server), store, expected_rows=20)
+        first = run_inference(requests, _endpoint(server), store, expected_rows=40)  # two runs: two shards at least
+        shard = first.store.shard_paths()[0]
+        in_shard = set(first.store._read(shard, ["id"])["id"].to_pylist())
+        assert 0 < len(in_shard) <= 20
+        with open(shard, "r+b") as handle:
+            handle.truncate(100)
+        before = dict(server.stats()["requests"])
+        with caplog.at_level(logging.WARNING, logger="kdist.llm.store"):
+            second = run_inference(requests, _endpoint(server), store, expected_rows=40)
+        after = server.stats()["requests"]
+    asked_again = {r["id"] for r in rows if after[message_key(r["messages"])] != before[message_key(r["messages"])]}
+    assert asked_again == in_shard
+    assert any(shard in record.getMessage() for record in caplog.records)
+    assert second.summary["done"] == 40 and second.store.read_all(["id"]).num_rows == 40
+
+
+def test_a_refused_key_stops_the_fan_out_in_one_line(tmp_path):
+    from kdist.errors import UsageError, one_line_cause
+    from kdist.llm.resilience import KEY_REFUSALS_TO_STOP, KeyRefused
+
+    requests, _ = _requests([f"q{i}" for i in range(400)], ["teacher"])
+    with LLMServer(ServerSettings(api_key="right")) as server:
+        endpoint = _endpoint(server).model_copy(update={"api_key_env": "KDIST_WRONG_KEY", "concurrency": 4})
+        with pytest.raises(Exception) as raised:
+            run_inference(requests, endpoint, str(tmp_path / "answers"), expected_rows=400)
+        sent = server.stats()["total"]
+    refused = one_line_cause(raised.value, (UsageError,))
+    assert isinstance(refused, KeyRefused), raised.value
+    assert "$KDIST_WRONG_KEY" in str(refused) and "wrong-key-5150" not in str(refused)
+    assert sent <= endpoint.replicas * (endpoint.concurrency + KEY_REFUSALS_TO_STOP)

@@ -91,3 +91,66 @@ def test_one_id_with_two_different_prompts_is_a_usage_error(tmp_path):
     store.record_requests(_rows(["a"], salt="other text").select(["id", "candidate", "request_hash"]), run)
     with pytest.raises(UsageError, match="id 'a' names 2 different prompts"):
         store.requested(run)
+
+
+def _corrupt(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "footer":
+        data[-6] ^= 0xFF  # the footer length: the footer cannot be found
+    else:  # one flipped byte inside the `response` column's values
+        at = data.find(b"the answer of")
+        assert at > 0
+        data[at + 4] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_shards_are_set_aside_naming_them_and_only_their_rows_go_missing(tmp_path, caplog):
+    import logging
+
+    store = ResponseStore(str(tmp_path))
+    for name in ("good", "truncated", "footer", "flipped"):
+        table = _rows([f"{name}-{i}" for i in range(20)])
+        table = table.set_column(table.schema.get_field_index("response"), "response",
+                                 pa.array([f"the answer of {name} {i} " * 3 for i in range(20)]))  # fmt: skip
+        store.write_shard(table, new_run_id(), tag=name)
+    by_tag = {path.rsplit("-", 1)[-1].removesuffix(".parquet"): path for path in store.shard_paths()}
+    from pathlib import Path
+
+    for how in ("truncated", "footer", "flipped"):
+        _corrupt(Path(by_tag[how]), how)
+    with caplog.at_level(logging.WARNING, logger="kdist.llm.store"):
+        moved = store.set_aside_corrupt()
+    assert len(moved) == 3 and all("/corrupt/" in path and path.endswith(".parquet.corrupt") for path in moved)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 3 and all("\n" not in w for w in warnings)
+    for how in ("truncated", "footer", "flipped"):
+        assert any(by_tag[how] in w for w in warnings)
+    assert store.shard_paths() == [by_tag["good"]]
+    assert sorted(store.read_all(["id"])["id"].to_pylist()) == sorted(f"good-{i}" for i in range(20))
+    assert store.set_aside_corrupt() == []
+
+
+def test_a_shard_that_fails_to_read_names_itself_in_one_line(tmp_path):
+    import pytest
+
+    from kdist.errors import UsageError
+
+    store = ResponseStore(str(tmp_path))
+    store.write_shard(_rows(["a"]), new_run_id())
+    [path] = store.shard_paths()
+    with open(path, "r+b") as shard:
+        shard.truncate(40)
+    with pytest.raises(UsageError) as error:
+        store.succeeded_hashes()
+    assert path in str(error.value) and "\n" not in str(error.value)
+
+
+def test_stores_written_before_the_seconds_column_still_read(tmp_path):
+    store = ResponseStore(str(tmp_path))
+    old = _rows(["a"]).drop_columns(["seconds"])
+    (tmp_path / "answers").mkdir()
+    pq.write_table(old, tmp_path / "answers" / "part-20200101T000000000000-old.parquet")
+    assert store.read_all(["id", "seconds"]).to_pylist() == [{"id": "a", "seconds": None}]
+    assert store.set_aside_corrupt() == []
