@@ -332,3 +332,21 @@ def test_cross_tokenizer_kd_from_a_teacher_with_another_vocabulary(ray_cluster, 
     trained = AutoModelForCausalLM.from_pretrained(Path(spec.out_dir) / "model").eval()
     base = AutoModelForCausalLM.from_pretrained(student_dir).eval()
     assert not torch.allclose(logits_of(base, tokenizer), logits_of(trained, tokenizer), atol=1e-4)
+
+
+def test_on_policy_distillation_under_zero3_lora(ray_cluster, tiny_model_dir, teacher_dir,
+                                                 tmp_path):
+    """Under ZeRO-3 every generated token is a parameter gather on every rank: all ranks
+    sample as many rows and generate with synced_gpus, or they would deadlock (~25 s)."""
+    from kdist.train.trainer import run_training
+
+    spec = spec_for(tmp_path, tiny_model_dir,
+                    {"method": "lora", "zero_stage": 3, "max_steps": 2, "eval_every": 2,
+                     "lora": {"r": 4, "alpha": 8, "modules_to_save": ["lm_head"]},
+                     "kd": {"mode": "on_policy",
+                            "on_policy": {"lmbda": 0.5, "max_new_tokens": 4}}},
+                    sft_rows(32, 11), sft_rows(8, 12), teacher_dir=teacher_dir)
+    run_training(spec)
+    metrics = read_metrics(Path(spec.out_dir))
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(4 <= m["generated_tokens"] <= 16 and m["kd_generated"] > 0 for m in metrics)
