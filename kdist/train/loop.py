@@ -314,12 +314,13 @@ class TeacherSide:
 def _load_teacher(spec: TrainSpec, section: TrainSection, tokenizer, student) -> TeacherSide:
     if section.kd.mode == "sequence":
         return TeacherSide()
-    from kdist.train.tokenizers_compat import check_logit_kd_compatible, refuse_unchecked_topk
+    from kdist.train.tokenizers_compat import (check_logit_kd_compatible, hub_tokenizer,
+                                               refuse_unchecked_topk)
 
     student_size = student.get_output_embeddings().weight.shape[0]
     teacher_dir = spec.teacher_model_dir
     if section.kd.teacher_logits == "offline":
-        teacher_tokenizer = _local_tokenizer(teacher_dir)
+        teacher_tokenizer = _local_tokenizer(teacher_dir) or hub_tokenizer(teacher_dir)
         if teacher_tokenizer is None:
             refuse_unchecked_topk(teacher_dir)
         check_logit_kd_compatible(teacher_tokenizer, tokenizer, student_size, student_size)

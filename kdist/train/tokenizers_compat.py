@@ -50,13 +50,26 @@ def check_logit_kd_compatible(
     return min(teacher_logits_size, student_logits_size)
 
 
+def hub_tokenizer(teacher_model: str | None):
+    """The teacher's tokenizer from the hub (a hub id with hub access), or None."""
+    if not teacher_model:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(teacher_model)
+    except Exception:  # offline, unknown id, gated: all mean "cannot check"
+        return None
+
+
 def refuse_unchecked_topk(teacher_model: str | None) -> None:
     """Offline top-k from a teacher without a local tokenizer: its ids cannot be checked
     against the student's vocabulary, and generate stores no token strings to map them."""
     raise UsageError(
-        f"train.kd.teacher_logits offline: teacher.model {teacher_model!r} is no local model dir, "
-        "so its stored top-k token ids cannot be checked against the student's vocabulary "
-        "(generate stores no token strings to map them); give teacher.model as a local dir, "
+        f"train.kd.teacher_logits offline: no tokenizer could be loaded for teacher.model "
+        f"{teacher_model!r}, so its stored top-k token ids cannot be checked against the student's vocabulary "
+        "(generate stores no token strings to map them); give teacher.model as a local dir "
+        "or a reachable hub id, "
         "or use train.kd.teacher_logits online with train.kd.cross_tokenizer uld or align, "
         "or train.kd.mode sequence")
 

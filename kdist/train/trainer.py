@@ -95,11 +95,12 @@ def check_vocabularies(spec: TrainSpec) -> None:
         return
     from transformers import AutoConfig, AutoTokenizer
 
-    from kdist.train.tokenizers_compat import check_logit_kd_compatible, refuse_unchecked_topk
+    from kdist.train.tokenizers_compat import (check_logit_kd_compatible, hub_tokenizer,
+                                               refuse_unchecked_topk)
 
     local = bool(spec.teacher_model_dir) and Path(spec.teacher_model_dir).is_dir()
     if kd.teacher_logits == "offline":
-        if not local:
+        if not local and hub_tokenizer(spec.teacher_model_dir) is None:
             refuse_unchecked_topk(spec.teacher_model_dir)
         return  # the workers compare the tokenizers, with the stored k known
     if not local:

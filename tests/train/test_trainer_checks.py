@@ -140,3 +140,17 @@ def test_run_training_resume_refuses_before_any_worker(tmp_path, tiny_model_dir)
     with pytest.raises(UsageError, match=r"train\.lora\.r \(8 -> 4\)"):
         run_training(spec)
     assert json.loads(run_file(spec, storage).read_text())["train.lora.r"] == 8  # untouched
+
+
+def test_offline_topk_without_a_teacher_tokenizer_is_refused_before_training(tmp_path):
+    from kdist.errors import UsageError
+    from kdist.train.loop import TrainSpec
+    from kdist.train.trainer import check_vocabularies
+
+    spec = TrainSpec(model_dir=str(tmp_path), train_path="x", eval_path=None,
+                     out_dir=str(tmp_path / "out"),
+                     train={"kd": {"mode": "logit", "teacher_logits": "offline"}},
+                     teacher_model_dir="no-such-org/no-such-teacher")  # the hub is offline here
+    with pytest.raises(UsageError, match="train.kd.cross_tokenizer uld or align") as err:
+        check_vocabularies(spec)
+    assert "\n" not in str(err.value)
