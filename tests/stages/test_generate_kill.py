@@ -68,6 +68,7 @@ def test_kill_9_at_40_percent_then_rerun_pays_twice_at_most_what_was_on_the_wire
     run_dir = tmp_path / "run"
     rows = synthetic_prompts({"train": ROWS, "validation": 1})
     write_prompts(run_dir, rows)
+    (run_dir / "prompts" / "_SUCCESS.json").write_text('{"fingerprint": "written by the test", "summary": {}}')  # prepare "ran"
     keys = {row["id"]: message_key(row["messages"]) for row in rows if row["split"] == "train"}
     store = run_dir / "responses"
     log_path = tmp_path / "generate.log"
