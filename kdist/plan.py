@@ -30,7 +30,7 @@ from kdist.config import RunConfig
 from kdist.endpoints import Endpoint, RemoteEndpoint
 from kdist.errors import UsageError
 from kdist.llm.base import ChatRequest
-from kdist.llm.batch import hash_requests, request_identity
+from kdist.llm.batch import chat_requests, hash_requests, request_identity
 from kdist.llm.store import ResponseStore
 from kdist.stages import StageContext
 
@@ -78,7 +78,7 @@ def plan_generate(config: RunConfig, root: str, sample: int = 0) -> Plan:
         waiting = hashed.filter(pa.array(~known))
         input_tokens += sum(counter(messages) for messages in waiting["messages"].to_pylist())
         if len(todo_sample) < sample:
-            todo_sample.extend(_chat_requests(waiting.slice(0, sample - len(todo_sample))))
+            todo_sample.extend(chat_requests(waiting.slice(0, sample - len(todo_sample))))
     to_ask = rows - answered
     plan = Plan(
         splits=list(teacher.splits), rows=rows, answered=answered, to_ask=to_ask, input_tokens=input_tokens,
@@ -99,14 +99,6 @@ def _prompt_batches(prompts_uri: str, splits: list[str]) -> Iterator[pa.Table]:
     for batch in dataset.to_batches(columns=["id", "messages", "split"], filter=wanted, batch_size=BATCH_ROWS):
         table = pa.Table.from_batches([batch])
         yield table.append_column("candidate", pa.array(["teacher"] * table.num_rows, pa.string()))
-
-
-def _chat_requests(table: pa.Table) -> list[ChatRequest]:
-    return [
-        ChatRequest(id=row["id"], messages=[{"role": m["role"], "content": m["content"]} for m in row["messages"]],
-                    request_hash=row["request_hash"], candidate="teacher")
-        for row in table.to_pylist()
-    ]  # fmt: skip
 
 
 def _token_counter(endpoint: Endpoint):  # -> Callable[[list[dict]], int] with a .method

@@ -49,7 +49,8 @@ RESPONSE_SCHEMA = pa.schema(
 )
 
 # The rows handed to the batch-inference layer: what to ask, under which key.
-REQUEST_COLUMNS = ["id", "candidate", "messages"]
+REQUEST_SCHEMA = pa.schema([("id", pa.string()), ("candidate", pa.string()), ("messages", pa.list_(MESSAGE))])
+REQUEST_COLUMNS = REQUEST_SCHEMA.names
 
 # judge -> judgements/scores/: one row per judged answer, keyed (id, candidate). `raw_score`
 # is as the judge gave it (on its rubric's scale), `score` normalised to [0, 1]; both are null

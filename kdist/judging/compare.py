@@ -8,7 +8,6 @@ The rows compared are few (a held-out split), so they are handled in the driver.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +15,12 @@ import pyarrow as pa
 
 from kdist.endpoints import Endpoint
 from kdist.judging.pairwise import PairwiseResult, combine_orders, summarize
-from kdist.judging.rubrics import conversation_text, load_template
+from kdist.judging.rubrics import conversation_text, load_template, prompt_context
 from kdist.judging.verdicts import parse_verdict
 from kdist.llm.batch import run_inference
-from kdist.rows import MESSAGE
+from kdist.rows import REQUEST_SCHEMA
 
 IN_ORDER, SWAPPED = "ab", "ba"
-_REQUESTS = pa.schema([("id", pa.string()), ("candidate", pa.string()), ("messages", pa.list_(MESSAGE))])
 
 
 @dataclass(frozen=True)
@@ -68,13 +66,13 @@ def comparison_requests(rows: list[dict[str, Any]], first: str, second: str, tem
     requests = []
     for row in rows:
         question = conversation_text(row["messages"])
-        context = json.loads(row.get("meta") or "{}").get("context")
+        context = prompt_context(row.get("meta"))
         a, b = row["answers"][first], row["answers"][second]
         for order, (shown_a, shown_b) in ((IN_ORDER, (a, b)), (SWAPPED, (b, a))):
             text = prompt.render(question=question, context=context, answer_a=shown_a, answer_b=shown_b)
             requests.append({"id": row["id"], "candidate": f"{_key(first, second)}|{order}",
                              "messages": [{"role": "user", "content": text}]})  # fmt: skip
-    return pa.Table.from_pylist(requests, schema=_REQUESTS)
+    return pa.Table.from_pylist(requests, schema=REQUEST_SCHEMA)
 
 
 def _key(first: str, second: str) -> str:

@@ -12,6 +12,7 @@ grading), answer_a / answer_b (pairwise), scale_low / scale_high.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,12 @@ def load_template(rubric: str, replacement: str | None = None) -> jinja2.Templat
         return environment.from_string(text)
     except jinja2.TemplateSyntaxError as err:
         raise UsageError(f"judge.template: {path} line {err.lineno}: {err.message}") from None
+
+
+def prompt_context(meta_json: str | None) -> str | None:
+    """The context passage a task stored with a prompt (`meta.context`: qa's passage or
+    retrieved chunk), which the RAG rubrics and comparisons show the judge."""
+    return json.loads(meta_json or "{}").get("context")
 
 
 def conversation_text(messages: list[dict[str, str]]) -> str:

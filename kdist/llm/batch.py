@@ -165,7 +165,8 @@ def _plain(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def _requests(batch: pa.Table) -> list[ChatRequest]:
+def chat_requests(batch: pa.Table) -> list[ChatRequest]:
+    """Hashed request rows (hash_requests) as the backends' ChatRequests."""
     return [
         ChatRequest(id=row_id, messages=_plain(messages), request_hash=hash_, candidate=candidate or "")
         for row_id, candidate, messages, hash_ in zip(
@@ -240,7 +241,7 @@ class _RemoteWorker:
         self.stream = AnswerStream(self.backend.answer, log_)  # type: ignore[attr-defined]
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        return _counts(*await self.stream.feed(_requests(batch)))
+        return _counts(*await self.stream.feed(chat_requests(batch)))
 
 
 class _LocalWorker:
@@ -254,7 +255,7 @@ class _LocalWorker:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.monotonic()
-        responses = self.backend.generate(_requests(batch))
+        responses = self.backend.generate(chat_requests(batch))
         seconds = round(time.monotonic() - start, 4)  # the batch's time is each row's
         for response in responses:
             response.seconds = seconds

@@ -17,7 +17,6 @@ holds neither.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -25,11 +24,11 @@ import pyarrow as pa
 
 from kdist import dataflow, storage
 from kdist.errors import UsageError
-from kdist.judging.rubrics import RUBRICS, conversation_text, load_template
+from kdist.judging.rubrics import RUBRICS, conversation_text, load_template, prompt_context
 from kdist.judging.verdicts import Scale, parse_grade
 from kdist.llm.batch import format_summary, run_inference
 from kdist.llm.store import ResponseStore
-from kdist.rows import JUDGEMENT_SCHEMA, JUDGEMENTS_TABLE, MESSAGE
+from kdist.rows import JUDGEMENT_SCHEMA, JUDGEMENTS_TABLE, REQUEST_SCHEMA
 from kdist.stages import StageContext
 from kdist.tasks import TaskSettings, task_for
 
@@ -105,22 +104,21 @@ def _llm_judgements(context: StageContext, answers: Any) -> tuple[Any, dict[str,
 
 def judge_requests(batch: pa.Table, rubric: str, template: str | None, scale: str) -> pa.Table:
     """One judge request per answered row: the rubric's prompt as a single user message."""
-    spec, prompt = RUBRICS[rubric], load_template(rubric, template)
-    low, high = Scale.parse(scale).low, Scale.parse(scale).high
+    spec, prompt, bounds = RUBRICS[rubric], load_template(rubric, template), Scale.parse(scale)
     rows = []
     for row in batch.to_pylist():
         if row["error"] or not row["response"]:
             continue  # nothing to grade: the filter drops rows without an answer anyway
-        context = json.loads(row["meta"] or "{}").get("context")
+        context = prompt_context(row["meta"])
         if spec.needs_context and not context:
             raise UsageError(f"row with id '{row['id']}': judge.rubric {rubric} needs a context passage, and this prompt has none")
         if spec.uses_reference and row["reference"] is None:
             raise UsageError(f"row with id '{row['id']}': judge.rubric {rubric} grades against the reference answer, and this prompt has none")
         text = prompt.render(question=conversation_text(row["messages"]), answer=row["response"], context=context,
                              reference=row["reference"] if spec.uses_reference else None,
-                             scale_low=_number(low), scale_high=_number(high))  # fmt: skip
+                             scale_low=_number(bounds.low), scale_high=_number(bounds.high))  # fmt: skip
         rows.append({"id": row["id"], "candidate": row["candidate"], "messages": [{"role": "user", "content": text}]})
-    return pa.Table.from_pylist(rows, schema=_REQUEST_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=REQUEST_SCHEMA)
 
 
 def grades(batch: pa.Table, rubric: str, scale: str) -> pa.Table:
@@ -141,5 +139,3 @@ def grades(batch: pa.Table, rubric: str, scale: str) -> pa.Table:
 def _number(value: float) -> int | float:
     return int(value) if value == int(value) else value
 
-
-_REQUEST_SCHEMA = pa.schema([("id", pa.string()), ("candidate", pa.string()), ("messages", pa.list_(MESSAGE))])
