@@ -81,5 +81,7 @@ def _check_inputs_done(context: StageContext, name: str, stages: Sequence[str]) 
 
 
 def _hub_id_allowed(context: StageContext, field: str) -> bool:
-    # Models load from the hub by id; a dataset does only through the hf source kind.
-    return field.endswith(".model") or getattr(context.config.data.source, "kind", None) == "hf"
+    # Models load from the hub by id; a dataset does only as the hf source kind's path (its
+    # data_files are files).
+    is_hf_path = field == "data.source.path" and getattr(context.config.data.source, "kind", None) == "hf"
+    return field.endswith(".model") or is_hf_path

@@ -50,6 +50,8 @@ def jsonl_source(path, rows: int) -> dict:
         ({"student": {"model": "{tmp}/no/such/student"}}, ["run"], "student.model: {tmp}/no/such/student does not exist"),
         ({"data": {"source": {"kind": "jsonl", "path": "{tmp}/missing.jsonl"}}}, ["prepare"],
          "data.source.path: {tmp}/missing.jsonl does not exist; expected a local path or a URI"),
+        ({"data": {"source": {"kind": "hf", "path": "json", "data_files": "missing-rows.jsonl"}}}, ["prepare"],
+         "data.source.data_files[0]: missing-rows.jsonl does not exist; expected a local path or a URI"),
         ({"teacher": {"kind": "openai", "model": "m", "endpoint": "http://127.0.0.1:9/v1",
                       "api_key_env": "KDIST_TEST_UNSET_KEY"}}, ["run"],
          "teacher.api_key_env names KDIST_TEST_UNSET_KEY, which is not set in this environment"),

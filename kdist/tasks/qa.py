@@ -36,8 +36,9 @@ class QATask(Task):
         question, context = self.value(record, "question"), self.value(record, "context")
         answers = self._answers(self.value(record, "answer"))
         user = self.render(question=question, context=context)
-        return Prompt(self.chat(user, system_prompt), answers[0] if answers else None,
-                      {"answers": answers} if answers else {})  # fmt: skip
+        # The passage is kept in meta too: the judge's RAG rubrics show it (kdist.judging).
+        meta = {**({"answers": answers} if answers else {}), **({"context": context} if context else {})}
+        return Prompt(self.chat(user, system_prompt), answers[0] if answers else None, meta)
 
     def _answers(self, raw: Any) -> list[str]:
         if isinstance(raw, dict):

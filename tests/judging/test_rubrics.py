@@ -46,3 +46,14 @@ def test_the_judge_sees_the_conversation_without_the_system_prompt():
     assert conversation_text(messages) == "Hi"
     turns = [*messages, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye?"}]
     assert conversation_text(turns) == "USER: Hi\nASSISTANT: Hello\nUSER: Bye?"
+
+
+def test_the_rag_rubrics_find_the_passage_a_qa_prompt_carries():
+    import json
+
+    from kdist.judging.rubrics import prompt_context
+    from kdist.tasks import TASKS
+
+    prompt = TASKS["qa"]().prompt({"question": "Capital?", "context": "Paris is the capital.", "answer": "Paris"})
+    assert prompt_context(json.dumps(prompt.meta)) == "Paris is the capital."
+    assert prompt_context(None) is None

@@ -124,7 +124,9 @@ def test_qa_parse_score_and_metrics():
     prompt = task.prompt({"question": "Capital of France?", "context": "Paris is the capital.",
                           "answer": {"text": ["Paris", "the city of Paris"], "answer_start": [0, 0]}})  # fmt: skip
     assert prompt.messages[0]["content"].startswith("Context: Paris is the capital.\n\nQuestion: Capital of France?")
-    assert prompt.reference == "Paris" and prompt.meta == {"answers": ["Paris", "the city of Paris"]}
+    # The passage is kept in meta as well: the judge's RAG rubrics read it there.
+    assert prompt.reference == "Paris"
+    assert prompt.meta == {"answers": ["Paris", "the city of Paris"], "context": "Paris is the capital."}
     assert task.parse("The answer is Paris.", {}) == "Paris"
     assert task.parse("Sure! Answer: **Paris**\nIt is the capital.", {}) == "Paris"
     assert task.parse("   ", {}) is None
