@@ -4,7 +4,6 @@ one-line errors for no permission, no KubeRay, no kubeconfig, bad credentials.""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from kdist.cli import main
 from kdist.config import load_config
 from kdist.k8s.api import KubeError, explained
 from kdist.k8s.rayjob import build_rayjob
+from kdist.runtime import free_loopback_port
 from support import kuberay_schema
 from support.fake_kube import CONFIGMAPS, RAYJOBS, FakeKube
 from support.manifests import core_errors, pod_templates, restricted_profile_errors
@@ -242,9 +242,7 @@ def test_bad_credentials_and_unreachable_server(capsys, kube, tmp_path, config_p
     assert code == 1 and "rejected the credentials (401)" in err
     assert "stale-token" not in err
 
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_loopback_port()  # nothing listens on it
     kubeconfig.write_text(text.replace(kube.url, f"http://127.0.0.1:{port}"))
     code, _, err = kdist(capsys, "status", NAME, "--kubeconfig", str(kubeconfig))
     assert code == 1 and f"cannot reach the Kubernetes API at http://127.0.0.1:{port}" in err

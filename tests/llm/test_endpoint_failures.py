@@ -5,13 +5,12 @@ retried, and stored error text holds no configured secret."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from kdist.llm.remote import error_reason
 from kdist.llm.resilience import KEY_REFUSALS_TO_STOP, KeyRefused
 from kdist.llm.scrub import ERROR_CHARS, Scrubber, without_credentials
+from kdist.runtime import free_loopback_port
 from kdist.testing.llm_server import FaultPlan, LLMServer, ServerSettings, message_key
 from test_remote_backends import BACKENDS, make_teacher
 
@@ -24,12 +23,6 @@ def kind(request, monkeypatch) -> str:
     return request.param
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class _Nowhere:
     """Stands in for a server that is not there: make_teacher only reads its URLs."""
 
@@ -39,7 +32,7 @@ class _Nowhere:
 
 
 def test_connection_refused_is_connection_with_the_address(kind, make_requests):
-    port = _closed_port()
+    port = free_loopback_port()  # free, so nothing listens there
     teacher = make_teacher(kind, _Nowhere(port), max_attempts=2)
     [response] = teacher.generate(make_requests(1))
     teacher.close()
