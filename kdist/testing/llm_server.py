@@ -1,9 +1,11 @@
 """A fake LLM endpoint on loopback for tests and benchmarks: real HTTP, real sockets.
 
-It speaks two protocols on one port:
+It speaks, on one port:
 - OpenAI chat completions: POST /v1/chat/completions (Authorization: Bearer KEY);
 - Azure AI model inference: POST /chat/completions?api-version=... (api-key header), which is
-  what `azure.ai.inference.ChatCompletionsClient` sends.
+  what `azure.ai.inference.ChatCompletionsClient` sends;
+- the Files API under /v1/files and /openai/files (kdist.testing.files_api), which the
+  batch and fine-tuning routes read their inputs from and write their results to.
 
 Faults are chosen deterministically from a hash of the request's messages (and, for transient
 faults, the attempt number the server has seen for those messages), so a test knows exactly
@@ -33,6 +35,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from kdist.testing import files_api
+from kdist.testing.api_common import error as _error
+from kdist.testing.api_common import presented_key as _presented_key
 
 # Faults that a retry can cure, and faults it cannot (the client must not retry them).
 TRANSIENT_FAULTS = ("rate_limit", "server_error", "unavailable", "timeout", "reset", "malformed")
@@ -104,6 +110,8 @@ class ServerSettings:
     # Server-side request budget per rolling minute; above it, 429 with x-ratelimit-* headers.
     requests_per_minute: int | None = None
     model: str = "kdist-test-teacher"
+    # Upload limit of the files routes (kdist.testing.files_api); None: no limit.
+    max_file_bytes: int | None = None
 
 
 def message_key(messages: list[dict[str, Any]]) -> str:
@@ -193,8 +201,10 @@ def build_app(settings: ServerSettings) -> web.Application:
             state.last_reply_at = time.time()
             state.busy_s += time.monotonic() - arrived
 
+    files = files_api.register(app, settings.api_key, settings.max_file_bytes)
+
     async def stats(_: web.Request) -> web.Response:
-        return web.json_response(state.snapshot())
+        return web.json_response({**state.snapshot(), "files": files.snapshot()})
 
     async def reset(_: web.Request) -> web.Response:
         state.requests.clear()
@@ -222,13 +232,6 @@ def build_app(settings: ServerSettings) -> web.Application:
     return app
 
 
-def _presented_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:]
-    return request.headers.get("api-key")
-
-
 def _over_rpm(state: _State, limit: int | None) -> bool:
     if not limit:
         return False
@@ -238,11 +241,6 @@ def _over_rpm(state: _State, limit: int | None) -> bool:
         return True
     state.window.append(now)
     return False
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"error": {"code": code, "message": message, "status": status}}
-    return web.json_response(body, status=status, headers=headers)
 
 
 async def _fault_response(request: web.Request, fault: str, settings: ServerSettings) -> web.StreamResponse:
