@@ -5,7 +5,8 @@ It speaks, on one port:
 - Azure AI model inference: POST /chat/completions?api-version=... (api-key header), which is
   what `azure.ai.inference.ChatCompletionsClient` sends;
 - the Files API under /v1/files and /openai/files (kdist.testing.files_api), which the
-  batch and fine-tuning routes read their inputs from and write their results to.
+  batch and fine-tuning routes read their inputs from and write their results to;
+- the Batch API under /v1/batches and /openai/batches (kdist.testing.batches_api).
 
 Faults are chosen deterministically from a hash of the request's messages (and, for transient
 faults, the attempt number the server has seen for those messages), so a test knows exactly
@@ -36,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kdist.testing import files_api
+from kdist.testing import batches_api, files_api
 from kdist.testing.api_common import error as _error
 from kdist.testing.api_common import presented_key as _presented_key
 
@@ -112,6 +113,8 @@ class ServerSettings:
     model: str = "kdist-test-teacher"
     # Upload limit of the files routes (kdist.testing.files_api); None: no limit.
     max_file_bytes: int | None = None
+    # The batches routes' clock, limits and expiries (kdist.testing.batches_api).
+    batches: batches_api.BatchSettings = field(default_factory=batches_api.BatchSettings)
 
 
 def message_key(messages: list[dict[str, Any]]) -> str:
@@ -201,10 +204,24 @@ def build_app(settings: ServerSettings) -> web.Application:
             state.last_reply_at = time.time()
             state.busy_s += time.monotonic() - arrived
 
+    def batch_answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One request of a batch: counted like a chat request; a provider retries transient
+        failures itself, so only permanent faults reach the batch's error file."""
+        messages = body.get("messages") or []
+        key = message_key(messages)
+        state.requests[key] += 1
+        fault = settings.faults.fault_for(key, 1 << 20)
+        state.outcomes[fault or "ok"] += 1
+        if fault:
+            return 400, {"error": {"code": fault, "message": f"request refused: {fault}", "type": "invalid_request_error"}}
+        unparsable = _unit(settings.faults.seed, key, "unparsable") < settings.faults.unparsable
+        return 200, _completion(body, messages, settings.model, unparsable)
+
     files = files_api.register(app, settings.api_key, settings.max_file_bytes)
+    batches = batches_api.register(app, settings.api_key, settings.batches, batch_answer)
 
     async def stats(_: web.Request) -> web.Response:
-        return web.json_response({**state.snapshot(), "files": files.snapshot()})
+        return web.json_response({**state.snapshot(), "files": files.snapshot(), "batches": batches.snapshot()})
 
     async def reset(_: web.Request) -> web.Response:
         state.requests.clear()
@@ -440,6 +457,7 @@ class LLMServer:
 def settings_from_json(text: str) -> ServerSettings:
     raw = json.loads(text)
     raw["faults"] = FaultPlan(**raw.get("faults", {}))
+    raw["batches"] = batches_api.BatchSettings(**raw.get("batches", {}))
     return ServerSettings(**raw)
 
 
