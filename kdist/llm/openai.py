@@ -25,17 +25,7 @@ class OpenAIBackend(RemoteBackend):
 
     def __init__(self, endpoint: RemoteEndpoint) -> None:
         super().__init__(endpoint)
-        self._body = self._request_body(endpoint)
-
-    @staticmethod
-    def _request_body(endpoint: RemoteEndpoint) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": endpoint.model, **sampling_params(endpoint)}
-        if endpoint.sampling.top_logprobs:
-            body["logprobs"] = True
-            body["top_logprobs"] = endpoint.sampling.top_logprobs
-        # Extras go into the body as is (the raw post has no extra_body parameter).
-        body.update(endpoint.request_extras)
-        return body
+        self._body = request_body(endpoint)
 
     async def _open(self) -> None:
         endpoint = self.endpoint
@@ -74,9 +64,7 @@ class OpenAIBackend(RemoteBackend):
             reply = await self._client.post(
                 "/chat/completions", body={"messages": request.messages, **self._body}, cast_to=httpx2.Response
             )
-            completion = reply.json()
-            choice = completion["choices"][0]
-            text = choice["message"]["content"]
+            return response_from_completion(reply.json(), request, self.name, reply.status_code)
         except openai.APIStatusError as err:
             code = _error_code(err.body)
             raise failure_for_status(err.status_code, code, err.response.headers, err.message) from None
@@ -87,22 +75,44 @@ class OpenAIBackend(RemoteBackend):
             if isinstance(err, openai.APITimeoutError):
                 raise RequestFailed(TIMEOUT, transient=True) from None
             raise RequestFailed(CONNECTION, transient=True, detail=str(err.__cause__ or err)) from None
-        except (ValueError, KeyError, IndexError, TypeError) as err:
+        except ValueError as err:  # the body is not JSON
             raise RequestFailed(MALFORMED, transient=True, status=200, detail=type(err).__name__) from None
-        if choice.get("finish_reason") == "content_filter":
-            raise RequestFailed(CONTENT_FILTER, transient=False, status=200, detail="the answer was filtered")
+
+
+def request_body(endpoint: RemoteEndpoint) -> dict[str, Any]:
+    """Every field of a chat request but its messages (also each line of a batch's input)."""
+    body: dict[str, Any] = {"model": endpoint.model, **sampling_params(endpoint)}
+    if endpoint.sampling.top_logprobs:
+        body["logprobs"] = True
+        body["top_logprobs"] = endpoint.sampling.top_logprobs
+    # Extras go into the body as is (the raw post has no extra_body parameter).
+    body.update(endpoint.request_extras)
+    return body
+
+
+def response_from_completion(completion: dict[str, Any], request: ChatRequest, model: str, status: int) -> ModelResponse:
+    """A chat completion body as the request's response (the synchronous reply, or one line
+    of a batch's output file: both are read the same way, so both store the same columns)."""
+    try:
+        choice = completion["choices"][0]
+        text = choice["message"]["content"]
         usage = completion.get("usage") or {}
-        return ModelResponse(
-            id=request.id,
-            request_hash=request.request_hash, candidate=request.candidate,
-            model=self.name,
-            response=text or "",
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            top_logprobs=top_logprobs_from_openai((choice.get("logprobs") or {}).get("content")),
-            status=reply.status_code,
-        )
+        prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise RequestFailed(MALFORMED, transient=True, status=200, detail=type(err).__name__) from None
+    if choice.get("finish_reason") == "content_filter":
+        raise RequestFailed(CONTENT_FILTER, transient=False, status=200, detail="the answer was filtered")
+    return ModelResponse(
+        id=request.id,
+        request_hash=request.request_hash, candidate=request.candidate,
+        model=model,
+        response=text or "",
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        top_logprobs=top_logprobs_from_openai((choice.get("logprobs") or {}).get("content")),
+        status=status,
+    )
 
 
 def _error_code(body: object) -> str | None:
