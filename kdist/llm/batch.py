@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdist.endpoints import Endpoint, PriceSection, RemoteEndpoint
-from kdist.llm import answer_log
+from kdist.llm import answer_log, budget
 from kdist.llm.base import ChatRequest, ModelResponse, request_hash
 from kdist.llm.models import weights_fingerprint
 from kdist.llm.remote import error_reason
@@ -76,15 +76,44 @@ def run_inference(
     store = ResponseStore(store_uri)
     _trust_only_whole_shards(store, label)
     run_id = new_run_id()
+    ledger = budget.ledger_for(endpoint, store)
     todo = _not_yet_answered(requests, endpoint, store, run_id, expected_rows)
-    answered = _fan_out(todo, endpoint, store.uri, run_id)
-    _drive(answered, label, expected_rows)
+    if endpoint.kind == "openai_batch":
+        spent = _run_batches(todo, endpoint, store, run_id, ledger)  # type: ignore[arg-type]
+    else:
+        spent = _run_workers(todo, endpoint, store, run_id, ledger, label, expected_rows)
     # Logs a worker did not compact (one Ray Data stopped early) are this run's answers too.
     answer_log.recover(store)
     dropped = store.drop_superseded(run_id)
     summary = summarize(store, run_id, getattr(endpoint, "prices", None))
     summary["duplicates_dropped"] = dropped
+    if spent is not None:
+        summary["budget"] = {**spent, "not_asked": summary["missing"] if spent["stopped"] else 0}
     return InferenceResult(summary, store)
+
+
+def _run_workers(
+    todo: Any, endpoint: Endpoint, store: ResponseStore, run_id: str, ledger: budget.Ledger | None, label: str, expected_rows: int
+) -> dict[str, Any] | None:
+    """Ray Data workers answer the rows; with caps, they share one ledger actor."""
+    import ray
+
+    shared = budget.shared_ledger(ledger) if ledger is not None and isinstance(endpoint, RemoteEndpoint) else None
+    try:
+        _drive(_fan_out(todo, endpoint, store.uri, run_id, shared), label, expected_rows)
+        return ray.get(shared.state.remote()) if shared is not None else None
+    finally:
+        if shared is not None:
+            ray.kill(shared)
+
+
+def _run_batches(todo: Any, endpoint: Any, store: ResponseStore, run_id: str, ledger: budget.Ledger | None) -> dict[str, Any] | None:
+    """The driver writes the rows into provider batches and waits for them (no workers)."""
+    from kdist.llm.openai_batch import BatchOrchestrator
+
+    orchestrator = BatchOrchestrator(endpoint, store, run_id, ledger)
+    orchestrator.run(todo.iter_batches(batch_format="pyarrow", batch_size=HASH_BATCH_ROWS))
+    return {**ledger.state(), "stopped": orchestrator.budget_stopped} if ledger is not None else None
 
 
 # --- hashing and resume ------------------------------------------------------------------------
@@ -102,10 +131,19 @@ def _trust_only_whole_shards(store: ResponseStore, label: str) -> None:
 
 def request_identity(endpoint: Endpoint) -> str:
     """What names the model in a request hash: kind:model, plus the weights of a local model
-    (a model retrained at the same path is another model and is asked again)."""
+    (a model retrained at the same path is another model and is asked again). A batch of the
+    openai kind is the same request: answers of either count for both."""
     if endpoint.kind in ("hf", "vllm"):
         return f"{endpoint.label}@{weights_fingerprint(endpoint.model)}"
+    if endpoint.kind == "openai_batch":
+        return f"openai:{endpoint.model}"
     return endpoint.label
+
+
+def hash_settings(endpoint: Endpoint) -> dict[str, Any]:
+    """What a request hash covers besides the messages (hash_requests' identity and sampling):
+    a change of either asks every row again."""
+    return {"identity": request_identity(endpoint), "sampling": endpoint.sampling.model_dump()}
 
 
 def hash_requests(batch: pa.Table, identity: str, sampling: dict[str, Any]) -> pa.Table:
@@ -139,8 +177,7 @@ def _not_yet_answered(requests: Any, endpoint: Endpoint, store: ResponseStore, r
     hashed = requests.map_batches(
         _HashAndSkipDone,
         fn_constructor_kwargs={
-            "identity": request_identity(endpoint), "sampling": endpoint.sampling.model_dump(),
-            "done": [done], "store_uri": store.uri, "run_id": run_id,
+            **hash_settings(endpoint), "done": [done], "store_uri": store.uri, "run_id": run_id,
         },
         batch_size=HASH_BATCH_ROWS, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=2), num_cpus=SIDE_STAGE_CPUS,
@@ -179,8 +216,9 @@ def chat_requests(batch: pa.Table) -> list[ChatRequest]:
 # --- fan-out -----------------------------------------------------------------------------------
 
 
-def _fan_out(todo: Any, endpoint: Endpoint, store_uri: str, run_id: str) -> Any:
-    """The workers for the endpoint's kind; each output row counts what one flush wrote."""
+def _fan_out(todo: Any, endpoint: Endpoint, store_uri: str, run_id: str, ledger: Any = None) -> Any:
+    """The workers for the endpoint's kind; each output row counts what one flush wrote.
+    HTTP workers ask only what the budget's `ledger` actor admits (kdist.llm.budget)."""
     from ray.data import ActorPoolStrategy
 
     sink = {"store_uri": store_uri, "run_id": run_id}
@@ -197,6 +235,7 @@ def _fan_out(todo: Any, endpoint: Endpoint, store_uri: str, run_id: str) -> Any:
         )
     kwargs = {"endpoint": endpoint, **sink}
     if isinstance(endpoint, RemoteEndpoint):
+        kwargs["ledger"] = ledger
         return todo.map_batches(_RemoteWorker, fn_constructor_kwargs=kwargs, compute=streaming_pool, num_cpus=REMOTE_WORKER_CPUS, **common)
     gpus = 1 if cluster_has_gpus() else 0
     return todo.map_batches(_LocalWorker, fn_constructor_kwargs=kwargs, compute=pool, num_cpus=1, num_gpus=gpus, **common)
@@ -232,16 +271,27 @@ class _RemoteWorker:
     """Async Ray Data actor for HTTP endpoints: every batch joins the actor's one stream of
     rows (kdist.llm.stream), which logs each answer the moment it is final."""
 
-    def __init__(self, endpoint: RemoteEndpoint, store_uri: str, run_id: str) -> None:
+    def __init__(self, endpoint: RemoteEndpoint, store_uri: str, run_id: str, ledger: Any = None) -> None:
         from kdist.llm import build_backend
         from kdist.llm.stream import AnswerStream
 
         self.backend = build_backend(endpoint)
+        self.gate = budget.BudgetGate(ledger, endpoint.sampling.max_tokens) if ledger is not None else None
         log_ = answer_log.AnswerLog(ResponseStore(store_uri), run_id)
-        self.stream = AnswerStream(self.backend.answer, log_)  # type: ignore[attr-defined]
+        self.stream = AnswerStream(self.backend.answer if self.gate is None else self._within_budget, log_)  # type: ignore[attr-defined]
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         return _counts(*await self.stream.feed(chat_requests(batch)))
+
+    async def _within_budget(self, request: ChatRequest, started: Any) -> ModelResponse | None:
+        """The answer, when the ledger admits the request's worst case; else None (not asked)."""
+        assert self.gate is not None
+        reserved = await self.gate.admit(request)
+        if reserved is None:
+            return None
+        response = await self.backend.answer(request, started)  # type: ignore[attr-defined]
+        await self.gate.settle(reserved, response.prompt_tokens, response.completion_tokens)
+        return response
 
 
 class _LocalWorker:

@@ -47,8 +47,11 @@ def run(context: StageContext) -> dict[str, Any]:
 
 
 def _passed(batch: pa.Table, min_score: float) -> pa.Table:
-    ok = pc.and_(pc.is_null(batch["error"]), pc.greater_equal(pc.fill_null(batch["score"], 0.0), min_score))
-    return batch.filter(ok).drop_columns(["error", "score"])
+    """Answers with text, no error and a score at or above min_score. A null score (a verdict
+    the judge could not give) never passes, not even at min_score 0."""
+    answered = pc.and_(pc.is_null(batch["error"]), pc.greater(pc.utf8_length(pc.fill_null(batch["response"], "")), 0))
+    ok = pc.and_(answered, pc.and_(pc.is_valid(batch["score"]), pc.greater_equal(batch["score"], min_score)))
+    return batch.filter(pc.fill_null(ok, False)).drop_columns(["error", "score"])
 
 
 def _only_split(batch: pa.Table, split: str) -> pa.Table:
