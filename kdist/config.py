@@ -96,6 +96,54 @@ class ExportSource(Section):
     id_field: str | None = "id"
 
 
+# The model that writes a generated source's rows: any endpoint kind (kdist.endpoints).
+WriterEndpoint = endpoint_union()
+
+
+class DocumentQuestionsSource(Section):
+    """Questions generated from documents (kdist.data.questions): local or object-storage text
+    and Markdown files (PDF-extracted text too) are cut into chunks of about `chunk_size`
+    characters overlapping by `chunk_overlap`; the `writer` writes `questions_per_chunk`
+    questions per chunk, and each (question, chunk) pair is a `qa` prompt with the chunk as
+    its context. `template`: a Jinja2 file replacing the packaged question prompt."""
+
+    kind: Literal["document_questions"]
+    path: str
+    writer: WriterEndpoint  # type: ignore[valid-type]
+    chunk_size: int = Field(default=1500, ge=100)
+    chunk_overlap: int = Field(default=200, ge=0)
+    questions_per_chunk: int = Field(default=3, ge=1, le=50)
+    template: str | None = None
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> DocumentQuestionsSource:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        return self
+
+
+class DialogueAugmentationSource(Section):
+    """Conversations made longer (kdist.data.dialogues): for each chat of a JSONL, CSV or
+    Parquet file (the `conversation` task's messages column), the `writer` writes
+    `followups` more elaborate follow-up question / answer turns; the chat extended by each
+    of them is a new conversation (its last answer the reference), kept beside the original
+    unless `keep_original` is off. `template`: a Jinja2 file replacing the packaged prompt."""
+
+    kind: Literal["dialogue_augmentation"]
+    path: str
+    format: Literal["jsonl", "csv", "parquet"] | None = None  # None: from the file suffix
+    writer: WriterEndpoint  # type: ignore[valid-type]
+    followups: int = Field(default=2, ge=1, le=20)
+    keep_original: bool = True
+    template: str | None = None
+    split_field: str | None = "split"
+    id_field: str | None = "id"
+
+
+# Generated source kinds -> the task their rows are prompts of.
+GENERATED_SOURCE_TASKS = {"document_questions": "qa", "dialogue_augmentation": "conversation"}
+
+
 class SampleSection(Section):
     """A few rows for a trial: the first N source rows, or N at random (seeded by run.seed)."""
 
@@ -110,7 +158,7 @@ def _task_kind_as_mapping(value: Any) -> Any:
 
 class DataSection(Section):
     task: TaskSettingsUnion = Field(default_factory=lambda: TASKS["multiple_choice"].Settings())
-    source: SyntheticSource | FileSource | HFSource | ExportSource = Field(
+    source: SyntheticSource | FileSource | HFSource | ExportSource | DocumentQuestionsSource | DialogueAugmentationSource = Field(
         default_factory=SyntheticSource, discriminator="kind"
     )
     system_prompt: str | None = None
@@ -147,9 +195,12 @@ class DataSection(Section):
         return splits
 
     @model_validator(mode="after")
-    def _synthetic_is_multiple_choice(self) -> DataSection:
+    def _source_makes_the_task(self) -> DataSection:
         if self.source.kind == "synthetic_mc" and self.task.kind != "multiple_choice":
             raise ValueError(f"source kind synthetic_mc makes multiple_choice rows, not {self.task.kind}")
+        made = GENERATED_SOURCE_TASKS.get(self.source.kind)
+        if made and self.task.kind != made:
+            raise ValueError(f"source kind {self.source.kind} makes {made} rows, not {self.task.kind} (set data.task: {made})")
         return self
 
 
@@ -159,6 +210,21 @@ class TeacherRole(Section):
     # The held-out split is answered too: the evaluate stage compares the teacher on it.
     splits: list[str] = Field(default_factory=lambda: ["train", "validation", "test"])
     min_success_ratio: float = Field(default=0.95, ge=0.0, le=1.0)
+    # Hard caps on what the teacher's answers in this output dir may cost (in
+    # prices.currency) and how many output tokens they may take: a request goes out only
+    # while the spent plus the worst case of everything in flight stays within them
+    # (kdist.llm.budget); the rows left are counted as not asked.
+    max_cost: float | None = Field(default=None, gt=0.0)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _caps_on_a_paid_endpoint(self) -> TeacherRole:
+        capped = [name for name in ("max_cost", "max_output_tokens") if getattr(self, name) is not None]
+        if capped and not hasattr(self, "endpoint"):
+            raise ValueError(f"{capped[0]} caps a remote teacher (kinds openai, azure, openai_batch), not kind {getattr(self, 'kind', '?')}")
+        if self.max_cost is not None and getattr(self, "prices", None) is None:
+            raise ValueError("max_cost needs prices (input_per_million_tokens, output_per_million_tokens) to count what is spent")
+        return self
 
 
 # `teacher:` is an endpoint of any kind (kdist.endpoints) plus the teacher's own fields.
@@ -338,19 +404,86 @@ class TrainSection(Section):
         return self
 
 
+# The models evaluate knows without an endpoint: the student before and after training (served
+# as `evaluate.kind`) and the teacher (its stored answers from generate).
+BUILTIN_MODELS = ("base", "student", "teacher")
+ModelEndpointSection = endpoint_union()
+
+
+class EvaluatedModel(Section):
+    """One model evaluate scores. base, student and teacher need no endpoint; any other name
+    does (e.g. a model fine-tuned on a hosted service). `model_file`: a JSON file in the train
+    stage's output whose `model` key names the model to ask (a hosted fine-tuning job's result)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    endpoint: ModelEndpointSection | None = None  # type: ignore[valid-type]
+    model_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone_and_model_from_file(cls, raw: Any) -> Any:
+        if isinstance(raw, str):  # `models: [base, student]`
+            return {"name": raw}
+        endpoint = raw.get("endpoint") if isinstance(raw, dict) else None
+        if isinstance(endpoint, dict) and raw.get("model_file") and "model" not in endpoint:
+            raw = {**raw, "endpoint": {**endpoint, "model": f"(from {raw['model_file']})"}}
+        return raw
+
+    @model_validator(mode="after")
+    def _endpoint_where_needed(self) -> EvaluatedModel:
+        if self.endpoint is None and self.name not in BUILTIN_MODELS:
+            raise ValueError(f"model '{self.name}' needs an endpoint (only {', '.join(BUILTIN_MODELS)} have one by default)")
+        if self.model_file is not None and self.endpoint is None:
+            raise ValueError(f"model '{self.name}': model_file needs an endpoint to ask the model at")
+        return self
+
+
+class PairwiseJudgeRole(Section):
+    """What the evaluation's pairwise judge adds to its endpoint: a file that replaces the
+    pairwise template (kdist/judging/templates/pairwise.jinja; it never shows the reference)."""
+
+    template: str | None = None
+
+
+EvaluateJudgeSection = endpoint_union(PairwiseJudgeRole, "EvaluateJudge")
+
+
 class EvaluateSection(Section):
-    """How the students (base and distilled) answer the held-out split."""
+    """Which models answer the held-out split, how the students are served, and what the
+    judge compares."""
 
     split: str = "test"
-    # The endpoint kind the students are served with: transformers, or vLLM on the cluster.
+    # The endpoint kind base and student are served with: transformers, or vLLM on the cluster.
     kind: Literal["hf", "vllm"] = "hf"
     batch_size: int = Field(default=64, ge=1)
     replicas: int = Field(default=1, ge=1)
     sampling: SamplingSection = Field(default_factory=lambda: SamplingSection(max_tokens=16))
+    models: list[EvaluatedModel] = Field(default_factory=lambda: [EvaluatedModel(name=n) for n in BUILTIN_MODELS])
+    # The pairwise judge; when unset, the top-level judge if it is a model (the rule judge
+    # compares nothing).
+    judge: EvaluateJudgeSection | None = None  # type: ignore[valid-type]
+    comparisons: list[list[str]] = Field(default_factory=lambda: [["student", "base"], ["student", "teacher"]])
+    # Prompts of the split the teacher is asked again, to measure its serving speed (0: off;
+    # a paid teacher's stored answers carry their own latency).
+    teacher_sample: int = Field(default=0, ge=0)
+    worst_rows: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _comparisons_name_models(self) -> EvaluateSection:
+        names = [model.name for model in self.models]
+        if len(set(names)) < len(names):
+            raise ValueError(f"evaluate.models names a model twice: {', '.join(names)}")
+        for index, pair in enumerate(self.comparisons):
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"evaluate.comparisons[{index}] must be two different model names, got {pair}")
+            unknown = [name for name in pair if name not in names]
+            if unknown:
+                raise ValueError(f"evaluate.comparisons[{index}] names '{unknown[0]}', not one of evaluate.models ({', '.join(names)})")
+        return self
 
 
 class DemoSection(Section):
-    """Settings that only the offline demo uses: it trains its own teacher first."""
+    """Settings that only the offline demo uses: it trains its own teacher (and judge) first."""
 
     teacher_build: ModelBuildSection = Field(
         default_factory=lambda: ModelBuildSection(hidden_size=128, num_layers=3, num_heads=8)
@@ -363,6 +496,9 @@ class DemoSection(Section):
     # Refuse to distil from a teacher whose test accuracy is not at least this.
     min_teacher_accuracy: float = Field(default=0.6, gt=0.0, le=1.0)
     tokenizer_vocab_size: int = Field(default=600, ge=64)
+    # The demo's pairwise judge: the trained teacher fine-tuned on comparisons built from
+    # teacher_train (kdist.demo_judge); None: no judge model (evaluate compares nothing).
+    judge_train: TrainSection | None = None
 
 
 class ResourcesSection(Section):
@@ -570,6 +706,8 @@ def _walk(loc: list[str]) -> tuple[type[Section] | None, str | None]:
     model: Any = RunConfig
     tag = None
     for part in loc:
+        if part.isdigit():  # an index into a list of sections: the element's section
+            continue
         if part in _union_tags() and isinstance(model, list):
             model = next((m for m in model if kind_of(m) == part), None)
             tag = part

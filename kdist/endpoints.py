@@ -7,6 +7,7 @@ kind with only its own fields, plus sampling:
 - `openai`: any OpenAI-compatible chat API (OpenAI, Azure OpenAI with `api_version`, a vLLM
   server, a gateway);
 - `azure`: Azure AI model inference through `azure-ai-inference`;
+- `openai_batch`: the OpenAI (or Azure OpenAI) Batch API, at about half the price in 24 h;
 - `vllm`: vLLM engines inside the Ray cluster through `ray.data.llm`.
 
 A role (teacher, ...) adds its own fields to every kind with `endpoint_union(role)`, so a
@@ -41,6 +42,10 @@ class PriceSection(Section):
     input_per_million_tokens: float = Field(ge=0.0)
     output_per_million_tokens: float = Field(ge=0.0)
     currency: str = "USD"
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """What these tokens cost, in `currency`."""
+        return (prompt_tokens * self.input_per_million_tokens + completion_tokens * self.output_per_million_tokens) / 1e6
 
 
 class Endpoint(Section):
@@ -102,6 +107,24 @@ class AzureEndpoint(RemoteEndpoint):
     kind: Literal["azure"] = "azure"
 
 
+class OpenAIBatchEndpoint(RemoteEndpoint):
+    """The OpenAI Batch API (or, with `api_version`, an Azure OpenAI batch deployment): the
+    requests go up as JSONL files, answers come back within the 24-hour window at about half
+    the price (`prices` are the batch prices). A driver-side orchestrator (kdist.llm.openai_batch)
+    runs it; `concurrency` and the rate limits do not apply."""
+
+    kind: Literal["openai_batch"] = "openai_batch"
+    # The provider's limits per batch (OpenAI: 50,000 requests and a 200 MB input file;
+    # Azure: 100,000 and 200 MB); larger runs are split into several batches.
+    batch_max_requests: int = Field(default=50_000, ge=1)
+    batch_max_bytes: int = Field(default=200_000_000, ge=1024)
+    # Polling: the first wait, doubling up to the last (a batch takes minutes to hours).
+    poll_initial_s: float = Field(default=30.0, gt=0.0)
+    poll_max_s: float = Field(default=600.0, gt=0.0)
+    # How often the rows of an expired or failed batch are submitted again, in a new batch.
+    max_resubmits: int = Field(default=3, ge=0)
+
+
 class VLLMEndpoint(Endpoint):
     kind: Literal["vllm"] = "vllm"
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per engine replica")
@@ -109,7 +132,7 @@ class VLLMEndpoint(Endpoint):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-ENDPOINT_KINDS: tuple[type[Endpoint], ...] = (HFEndpoint, OpenAIEndpoint, AzureEndpoint, VLLMEndpoint)
+ENDPOINT_KINDS: tuple[type[Endpoint], ...] = (HFEndpoint, OpenAIEndpoint, AzureEndpoint, OpenAIBatchEndpoint, VLLMEndpoint)
 
 
 def kind_of(model: type[BaseModel]) -> str:

@@ -118,9 +118,9 @@ def test_invalid_yaml_is_one_line(tmp_path):
     ("teacher", "message"),
     [
         ({**REMOTE, "tensor_parallel_size": 4}, "'teacher.tensor_parallel_size' is not a setting of kind 'openai' (it belongs to kind vllm); allowed: "),
-        ({"model": "t", "concurrency": 8}, "'teacher.concurrency' is not a setting of kind 'hf' (it belongs to kind openai, azure); allowed: "),
-        ({"kind": "vllm", "model": "t", "endpoint": "http://x"}, "'teacher.endpoint' is not a setting of kind 'vllm' (it belongs to kind openai, azure)"),
-        ({"kind": "triton", "model": "t"}, "'teacher.kind': Input tag 'triton' found using 'kind' does not match any of the expected tags: 'hf', 'openai', 'azure', 'vllm'"),
+        ({"model": "t", "concurrency": 8}, "'teacher.concurrency' is not a setting of kind 'hf' (it belongs to kind openai, azure, openai_batch); allowed: "),
+        ({"kind": "vllm", "model": "t", "endpoint": "http://x"}, "'teacher.endpoint' is not a setting of kind 'vllm' (it belongs to kind openai, azure, openai_batch)"),
+        ({"kind": "triton", "model": "t"}, "'teacher.kind': Input tag 'triton' found using 'kind' does not match any of the expected tags: 'hf', 'openai', 'azure', 'openai_batch', 'vllm'"),
         ({"kind": "azure", "model": "t"}, "missing required key 'teacher.endpoint'"),
     ],
 )

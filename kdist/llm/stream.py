@@ -28,7 +28,8 @@ from pathlib import Path
 from kdist.llm.answer_log import AnswerLog, compact
 from kdist.llm.base import ChatRequest, ModelResponse
 
-Answer = Callable[[ChatRequest, asyncio.Event], Awaitable[ModelResponse]]
+# None: the row was not asked (the budget's; kdist.llm.budget), so nothing is logged for it.
+Answer = Callable[[ChatRequest, asyncio.Event], Awaitable[ModelResponse | None]]
 
 
 class AnswerStream:
@@ -69,7 +70,8 @@ class AnswerStream:
     async def _row(self, request: ChatRequest, started: asyncio.Event) -> None:
         try:
             response = await self.answer(request, started)
-            self._append(response)
+            if response is not None:
+                self._append(response)
         except asyncio.CancelledError:
             pass  # stopped by another row's failure
         except BaseException as err:  # noqa: BLE001 - KeyRefused, or a bug: the stage stops
