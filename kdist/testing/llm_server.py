@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.utils
 import hashlib
 import json
 import math
@@ -65,6 +66,8 @@ class FaultPlan:
     # Rows whose answer is well-formed HTTP but not a parsable answer for the task.
     unparsable: float = 0.0
     retry_after_s: float = 0.05  # sent on 429 as Retry-After and retry-after-ms
+    # True: a 429 carries Retry-After alone, as an HTTP date (RFC 9110), as some gateways send it.
+    retry_after_http_date: bool = False
     hang_s: float = 30.0  # how long a "timeout" fault keeps the request open
     seed: int = 0
 
@@ -155,6 +158,8 @@ class _State:
         self.first_request_at: float | None = None
         self.last_reply_at: float | None = None
         self.busy_s = 0.0  # summed time requests spent in the handler (the slots' real work)
+        # (time.time() of arrival, message key, "ok" or the fault) per chat request, in order.
+        self.arrivals: list[tuple[float, str, str]] = []
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -165,6 +170,7 @@ class _State:
             "first_request_at": self.first_request_at,
             "last_reply_at": self.last_reply_at,
             "busy_s": self.busy_s,
+            "arrivals": self.arrivals,
         }
 
 
@@ -195,6 +201,7 @@ def build_app(settings: ServerSettings) -> web.Application:
             if settings.latency_s:
                 await asyncio.sleep(settings.latency_s)
             state.outcomes[fault or "ok"] += 1
+            state.arrivals.append((time.time(), key, fault or "ok"))
             if fault:
                 return await _fault_response(request, fault, settings)
             unparsable = _unit(settings.faults.seed, key, "unparsable") < settings.faults.unparsable
@@ -229,6 +236,7 @@ def build_app(settings: ServerSettings) -> web.Application:
         state.max_in_flight = 0
         state.first_request_at = state.last_reply_at = None
         state.busy_s = 0.0
+        state.arrivals.clear()
         return web.json_response({"ok": True})
 
     async def models(_: web.Request) -> web.Response:
@@ -264,6 +272,9 @@ async def _fault_response(request: web.Request, fault: str, settings: ServerSett
     plan = settings.faults
     if fault == "rate_limit":
         wait = plan.retry_after_s
+        if plan.retry_after_http_date:
+            headers = {"Retry-After": email.utils.formatdate(time.time() + wait, usegmt=True)}
+            return _error(429, "429", "Rate limit is exceeded. Try again later.", headers)
         headers = {
             "Retry-After": str(max(1, math.ceil(wait))) if wait >= 1 else f"{wait:g}",
             "retry-after-ms": str(int(wait * 1000)),
