@@ -160,6 +160,10 @@ class Task:
         """With fast_validation: the one-token labels an answer is one of (e.g. 'ABCDE')."""
         return None
 
+    def chance(self, metas: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """What guessing uniformly among the allowed answers scores, per metric (where it exists)."""
+        return {}
+
 
 def _mean(values: Sequence[float]) -> float:
     return round(sum(values) / len(values), 4) if values else 0.0

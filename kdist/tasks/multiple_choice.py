@@ -9,6 +9,7 @@ Fields: question; choices (a list of strings, or CommonsenseQA's {"label": [...]
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -84,6 +85,9 @@ class MultipleChoiceTask(Task):
 
     def labels(self, meta: dict[str, Any]) -> str:
         return LETTERS[: len(meta.get("choices") or []) or 5]
+
+    def chance(self, metas: Sequence[dict[str, Any]]) -> dict[str, float]:
+        return {"accuracy": round(sum(1 / len(self.labels(m)) for m in metas) / len(metas), 4)} if metas else {}
 
 
 def _choices(value: Any, column: str) -> list[str]:

@@ -8,6 +8,7 @@ in `labels`, as MNLI and SNLI store it). A label outside the set is a row error.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -56,6 +57,9 @@ class NLITask(Task):
             f"column '{self.column('label')}': label {raw!r} is not one of {', '.join(labels)} "
             f"(or a 0-based index; data.task.labels)"
         )
+
+    def chance(self, metas: Sequence[dict[str, Any]]) -> dict[str, float]:
+        return {"accuracy": round(1 / len(self.settings.labels), 4)}
 
     def parse(self, text: str | None, meta: dict[str, Any]) -> str | None:
         """The label a model's text gives: its first word ("Entailment."), a stated verdict
