@@ -35,7 +35,21 @@ def _run(args: argparse.Namespace) -> int:
     from kdist import pipeline
 
     config = config_from_args(args)
-    return pipeline.run_stages(config, STAGE_NAMES, resume=args.resume)
+    code = pipeline.run_stages(config, STAGE_NAMES, resume=args.resume)
+    _print_evaluation(config)
+    return code
+
+
+def _print_evaluation(config) -> None:
+    """The evaluation's few lines at the end of a run (kdist.reporting)."""
+    from kdist import storage
+    from kdist.pipeline import stage_dirs
+    from kdist.reporting.report import METRICS, REPORT, terminal_summary
+
+    eval_dir = stage_dirs(config)["evaluate"]
+    if storage.exists(storage.join(eval_dir, METRICS)):
+        print(terminal_summary(storage.read_json(storage.join(eval_dir, METRICS))))
+        print(f"report: {storage.join(eval_dir, REPORT)}", flush=True)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -91,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_registrations() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands that live with their own area of kdist."""
-    from kdist.cli import export, k8s, plan
+    from kdist.cli import export, k8s, plan, report
 
-    return [k8s.register, export.register, plan.register]
+    return [k8s.register, export.register, plan.register, report.register]
 
 
 def main(argv: list[str] | None = None) -> int:

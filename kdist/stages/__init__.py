@@ -85,8 +85,8 @@ STAGES: tuple[Stage, ...] = (
           ("prepare", "filter"), lambda c: [c.student, c.train, c.run.seed], "kdist.stages.train:run",
           sources=lambda c: {"student.model": c.student.model}),
     Stage("evaluate", "student vs base vs teacher on held-out data -> eval/", "eval", ("prepare", "generate", "train"),
-          lambda c: [c.evaluate, c.student.model], "kdist.stages.evaluate:run",
-          sources=lambda c: {"student.model": c.student.model}),
+          lambda c: [c.evaluate, c.student.model, evaluation_judge(c)], "kdist.stages.evaluate:run",
+          sources=lambda c: {"student.model": c.student.model}, endpoints=lambda c: _evaluation_endpoints(c)),
 )  # fmt: skip
 
 
@@ -106,6 +106,19 @@ def _data_sources(config: RunConfig) -> dict[str, str]:
 
 def _llm_judge(config: RunConfig) -> dict[str, Endpoint]:
     return {} if config.judge.kind == "rule" else {"judge": config.judge}
+
+
+def evaluation_judge(config: RunConfig) -> Endpoint | None:
+    """The pairwise judge of evaluate: `evaluate.judge`, else the run's judge when it is a model."""
+    if config.evaluate.judge is not None:
+        return config.evaluate.judge
+    return None if config.judge.kind == "rule" else config.judge
+
+
+def _evaluation_endpoints(config: RunConfig) -> dict[str, Endpoint]:
+    judge = evaluation_judge(config) if config.evaluate.comparisons else None
+    found = {"evaluate.judge": judge} if judge is not None else {}
+    return {**found, **{f"evaluate.models.{m.name}": m.endpoint for m in config.evaluate.models if m.endpoint is not None}}
 
 
 def _model_sources(endpoints: dict[str, Endpoint]) -> dict[str, str]:
