@@ -56,3 +56,12 @@ sync-demo-config: $(TEST_STAMP)
 	  cluster.workers.resources.cpu=4 cluster.workers.resources.memory=8Gi \
 	  cluster.workers.resources.gpu=0 | grep -v '^  namespace: ' >> k8s/.rayjob-demo.yaml.tmp
 	mv k8s/.rayjob-demo.yaml.tmp k8s/rayjob-demo.yaml
+
+# Mutation testing of the core modules (docs/testing.md): mutmut, pinned, installed here only
+# (it adds packages to the venv and changes none of its versions); not part of `make test`.
+# Each group runs in its own copy under build/mutation/ within MUTATION_SECONDS (default 1200).
+# `make mutation GROUPS="losses filter"` runs some; results in build/mutation/summary.json.
+.PHONY: mutation
+mutation: $(TEST_STAMP)
+	$(PY) -m pip install -q mutmut==3.8.1
+	$(PY) tools/mutation.py $(GROUPS)

@@ -49,9 +49,9 @@ def run(context: StageContext) -> dict[str, Any]:
 def _passed(batch: pa.Table, min_score: float) -> pa.Table:
     """Answers with text, no error and a score at or above min_score. A null score (a verdict
     the judge could not give) never passes, not even at min_score 0."""
-    answered = pc.and_(pc.is_null(batch["error"]), pc.greater(pc.utf8_length(pc.fill_null(batch["response"], "")), 0))
-    ok = pc.and_(answered, pc.and_(pc.is_valid(batch["score"]), pc.greater_equal(batch["score"], min_score)))
-    return batch.filter(pc.fill_null(ok, False)).drop_columns(["error", "score"])
+    answered = pc.and_(pc.is_null(batch["error"]), pc.greater(pc.utf8_length(batch["response"]), 0))
+    ok = pc.and_(answered, pc.greater_equal(batch["score"], min_score))  # null (no text, no score): dropped
+    return batch.filter(ok, null_selection_behavior="drop").drop_columns(["error", "score"])
 
 
 def _only_split(batch: pa.Table, split: str) -> pa.Table:
@@ -62,7 +62,7 @@ def _sft_rows(batch: pa.Table) -> pa.Table:
     batch = batch.filter(pc.is_in(batch["split"], value_set=pa.array(SFT_SPLITS)))
     rows = [
         {"id": row["id"], "split": row["split"], "top_logprobs": row["top_logprobs"],
-         "messages": [*row["messages"], {"role": "assistant", "content": row["response"] or ""}]}
+         "messages": [*row["messages"], {"role": "assistant", "content": row["response"]}]}
         for row in batch.to_pylist()
     ]  # fmt: skip
     return pa.Table.from_pylist(rows, schema=SFT_SCHEMA.append(pa.field("split", pa.string())))
