@@ -38,7 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kdist.testing import batches_api, files_api
+from kdist.testing import batches_api, files_api, scripted
 from kdist.testing.api_common import error as _error
 from kdist.testing.api_common import presented_key as _presented_key
 
@@ -118,6 +118,8 @@ class ServerSettings:
     max_file_bytes: int | None = None
     # The batches routes' clock, limits and expiries (kdist.testing.batches_api).
     batches: batches_api.BatchSettings = field(default_factory=batches_api.BatchSettings)
+    # Scripted replies, (pattern, reply) rules over the last message (kdist.testing.scripted).
+    script: list[Any] = field(default_factory=list)
 
 
 def message_key(messages: list[dict[str, Any]]) -> str:
@@ -205,7 +207,7 @@ def build_app(settings: ServerSettings) -> web.Application:
             if fault:
                 return await _fault_response(request, fault, settings)
             unparsable = _unit(settings.faults.seed, key, "unparsable") < settings.faults.unparsable
-            return web.json_response(_completion(body, messages, settings.model, unparsable))
+            return web.json_response(_completion(body, messages, settings.model, unparsable, settings.script))
         finally:
             state.in_flight -= 1
             state.last_reply_at = time.time()
@@ -222,7 +224,7 @@ def build_app(settings: ServerSettings) -> web.Application:
         if fault:
             return 400, {"error": {"code": fault, "message": f"request refused: {fault}", "type": "invalid_request_error"}}
         unparsable = _unit(settings.faults.seed, key, "unparsable") < settings.faults.unparsable
-        return 200, _completion(body, messages, settings.model, unparsable)
+        return 200, _completion(body, messages, settings.model, unparsable, settings.script)
 
     files = files_api.register(app, settings.api_key, settings.max_file_bytes)
     batches = batches_api.register(app, settings.api_key, settings.batches, batch_answer)
@@ -326,8 +328,8 @@ async def _fault_response(request: web.Request, fault: str, settings: ServerSett
     raise ValueError(f"unknown fault {fault}")
 
 
-def _completion(body: dict[str, Any], messages: list[dict[str, Any]], model: str, unparsable: bool) -> dict[str, Any]:
-    answer = deterministic_answer(messages, unparsable)
+def _completion(body: dict[str, Any], messages: list[dict[str, Any]], model: str, unparsable: bool, script: list[Any]) -> dict[str, Any]:
+    answer = scripted.reply(script, messages) or deterministic_answer(messages, unparsable)
     max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1 << 30)
     words = answer.split(" ")
     finish = "length" if len(words) > max_tokens else "stop"
