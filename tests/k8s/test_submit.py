@@ -317,3 +317,55 @@ def test_a_demo_config_runs_the_demo_stage_by_default(capsys):
     assert code == 0
     _, rayjob = yaml.safe_load_all(out)
     assert rayjob["spec"]["entrypoint"].startswith("python /opt/kdist/ray_jobs/job.py demo ")
+
+
+@pytest.mark.parametrize(
+    "name", ["Tiny-Distil", "tiny_distil", "9-lives", "-lead", "a" * (kuberay_schema.MAX_RAYJOB_NAME + 1)]
+)
+def test_submit_refuses_a_name_that_is_no_rayjob_name_before_any_request(capsys, kube, kubeconfig, config_path, name):
+    code, out, err = kdist(capsys, "submit", "-c", str(config_path), f"--name={name}", "--no-wait",
+                           "--kubeconfig", str(kubeconfig))  # fmt: skip
+    assert code == 2 and out == ""
+    assert f"RayJob name '{name}' must be a lowercase DNS label" in err
+    assert f"at most {kuberay_schema.MAX_RAYJOB_NAME} characters" in err
+    assert kube.get(RAYJOBS, NAMESPACE, name) is None and kube.get(RAYJOBS, NAMESPACE, NAME) is None
+
+
+def test_submit_takes_the_longest_name_kuberay_allows(capsys, kube, kubeconfig, config_path):
+    name = "a" + "-b" * ((kuberay_schema.MAX_RAYJOB_NAME - 1) // 2)
+    assert len(name) == kuberay_schema.MAX_RAYJOB_NAME
+    code, _, err = kdist(capsys, "submit", "-c", str(config_path), "--name", name, "--no-wait",
+                         "--kubeconfig", str(kubeconfig))  # fmt: skip
+    assert code == 0, err
+    assert kube.get(RAYJOBS, NAMESPACE, name)["metadata"]["name"] == name
+    assert kube.get(CONFIGMAPS, NAMESPACE, f"{name}-config") is not None
+
+
+def test_status_of_a_job_the_operator_has_not_seen_yet(capsys, kube, kubeconfig, config_path):
+    kdist(capsys, "submit", "-c", str(config_path), "--no-wait", "--kubeconfig", str(kubeconfig))
+    assert "status" not in kube.get(RAYJOBS, NAMESPACE, NAME)
+    code, out, err = kdist(capsys, "status", NAME, "--kubeconfig", str(kubeconfig))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0] == f"RayJob {NAMESPACE}/{NAME}: New"
+    assert lines[1].startswith("  entrypoint: ") and "ray_jobs/job.py" in lines[1] and len(lines) == 2
+
+
+def test_context_picks_the_kubeconfig_context_and_its_namespace(capsys, kube, tmp_path, config_path):
+    """The current context points at a server where nothing listens; --context fake reaches
+    the loopback API, and its namespace is the default one."""
+    path = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
+    doc = yaml.safe_load(path.read_text())
+    doc["clusters"].append({"name": "gone", "cluster": {"server": f"http://127.0.0.1:{free_loopback_port()}"}})
+    doc["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "fake", "namespace": "elsewhere"}})
+    doc["current-context"] = "gone"
+    path.write_text(yaml.safe_dump(doc))
+    code, _, err = kdist(capsys, "submit", "-c", str(config_path), "--no-wait", "--kubeconfig", str(path))
+    assert code == 1 and "cannot reach the Kubernetes API" in err
+    code, out, err = kdist(capsys, "submit", "-c", str(config_path), "--no-wait", "--kubeconfig", str(path), "--context", "fake")
+    assert code == 0, err
+    assert kube.get(RAYJOBS, NAMESPACE, NAME) is not None
+    code, out, err = kdist(capsys, "status", NAME, "--kubeconfig", str(path), "--context", "fake")
+    assert code == 0 and out.startswith(f"RayJob {NAMESPACE}/{NAME}: New")
+    code, _, err = kdist(capsys, "status", NAME, "--kubeconfig", str(path), "--context", "nope")
+    assert code != 0 and "nope" in err
