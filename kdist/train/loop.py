@@ -387,9 +387,13 @@ def _kd_params(section: TrainSection):
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:
+    """The rows in id order: Ray Data writes them in whatever order its joins and blocks
+    finished, and the sampler's seeded shuffle is of positions, so without a stable order the
+    same seed would train on other batches in every run."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    table = pq.read_table(path)
+    return (table.sort_by("id") if "id" in table.column_names else table).to_pylist()
 
 
 def _train_data(spec: TrainSpec, section: TrainSection, tokenizer, teacher_tokenizer=None):
