@@ -30,7 +30,15 @@ def test_model_dir_loads_with_transformers_and_generates(tiny_model_dir):
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=3, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
-    assert out.shape[1] == batch["input_ids"].shape[1] + 3 or tokenizer.eos_token_id in out[0]
+        # Greedy decoding by hand: the most likely next token, three times or up to the end.
+        expected = batch["input_ids"]
+        for _ in range(3):
+            following = model(expected).logits[0, -1].argmax().view(1, 1)
+            expected = torch.cat([expected, following], 1)
+            if following.item() == tokenizer.eos_token_id:
+                break
+    assert out[0].tolist() == expected[0].tolist()
+    assert tokenizer.decode(out[0][: batch["input_ids"].shape[1]]) == "<|user|>hi<|end|><|assistant|>"
 
 
 def test_built_model_is_float32_whatever_the_default_dtype(tiny_model_dir, tmp_path):
