@@ -8,7 +8,7 @@ PYPROJECT_HASH := $(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO_STAMP := $(VENV)/.installed-demo-$(PYPROJECT_HASH)
 TEST_STAMP := $(VENV)/.installed-test-$(PYPROJECT_HASH)
 
-.PHONY: demo test setup lint clean-runs
+.PHONY: demo test setup lint clean-runs bench-setup
 
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/kdist demo $(ARGS)
@@ -65,3 +65,12 @@ sync-demo-config: $(TEST_STAMP)
 mutation: $(TEST_STAMP)
 	$(PY) -m pip install -q mutmut==3.8.1
 	$(PY) tools/mutation.py $(GROUPS)
+
+# The peers that benchmarks/ compares kdist with (TRL, Liger-Kernel; Ray Data LLM comes with
+# kdist's ray) in a venv of their own, so that kdist's .venv never changes for them (issue 19).
+BENCH_VENV := .venv-bench
+bench-setup:
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[bench]'
