@@ -39,6 +39,7 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 REPLY_PRIMING_TOKENS = 3
 HEURISTIC = "heuristic: 4 characters a token + 4 a message + 3 (no local tokenizer)"
+BATCH_WINDOW = "the batch window: up to 24 h a batch, often minutes to hours"
 
 
 @dataclass
@@ -89,6 +90,8 @@ def plan_generate(config: RunConfig, root: str, sample: int = 0) -> Plan:
         _measure_sample(plan, teacher, todo_sample)
     plan.cost = _cost(plan, teacher)
     plan.minimum_wall_seconds, plan.limited_by = _rate_limited_seconds(plan, teacher)
+    if teacher.kind == "openai_batch":  # the provider's window, not our limits, sets the time
+        plan.minimum_wall_seconds, plan.limited_by = None, BATCH_WINDOW
     return plan
 
 
@@ -128,6 +131,8 @@ def _measure_sample(plan: Plan, endpoint: Endpoint, requests: list[ChatRequest])
 
     if endpoint.kind == "vllm":
         raise UsageError("plan --sample: the vllm kind runs inside the cluster's Ray Data pipeline; sample with the generate stage")
+    if endpoint.kind == "openai_batch":
+        raise UsageError("plan --sample: a batch answers within 24 h; sample the same model with teacher.kind=openai")
     backend = build_backend(endpoint)
     try:
         responses = backend.generate(requests)
@@ -192,6 +197,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"cost: {plan.cost['low']} to {plan.cost['high']} {plan.cost['currency']}{estimate}")
     if plan.minimum_wall_seconds is not None:
         lines.append(f"wall time: at least {plan.minimum_wall_seconds:.0f} s (bound by {plan.limited_by})")
+    elif plan.limited_by == BATCH_WINDOW:
+        lines.append(f"wall time: {BATCH_WINDOW}")
     else:
         lines.append("wall time: no rate limit configured; it depends on the endpoint's latency (plan --sample N measures it)")
     return "\n".join(lines)

@@ -66,3 +66,16 @@ def test_the_input_estimate_with_a_local_tokenizer_matches_what_the_run_reports(
     assert abs(before.input_tokens - summary["prompt_tokens"]) <= 0.1 * summary["prompt_tokens"]
     after = plan_generate(config, str(tmp_path))
     assert (after.answered, after.to_ask, after.input_tokens) == (24, 0, 0)
+
+
+def test_a_batch_teacher_is_planned_by_the_batch_window_and_not_sampled(tmp_path):
+    from kdist.errors import UsageError
+    from kdist.plan import BATCH_WINDOW, format_plan
+
+    write_prompts(tmp_path, synthetic_prompts(SIZES))
+    config = remote_config(tmp_path, kind="openai_batch", requests_per_minute=60)
+    plan = plan_generate(config, str(tmp_path))
+    assert plan.to_ask == 42 and (plan.minimum_wall_seconds, plan.limited_by) == (None, BATCH_WINDOW)
+    assert f"wall time: {BATCH_WINDOW}" in format_plan(plan)
+    with pytest.raises(UsageError, match="kind=openai"):
+        plan_generate(config, str(tmp_path), sample=2)

@@ -38,13 +38,29 @@ def run(context: StageContext) -> dict[str, Any]:
     summary = result.summary
     storage.write_json(storage.join(out, SUMMARY_FILE), summary)
     log.info("generate: %s", format_summary(summary))
+    stopped = budget_stop(summary)
+    if stopped:
+        log.warning("generate: %s", stopped)
     if summary["success_ratio"] < teacher.min_success_ratio:
         raise GenerationFailed(
             f"generate: only {summary['success_ratio']:.1%} of rows succeeded "
             f"(teacher.min_success_ratio is {teacher.min_success_ratio:.0%}); failed: {summary['failed']}; "
-            "a rerun asks again only for the rows without an answer"
+            + (f"{stopped}; " if stopped else "")
+            + "a rerun asks again only for the rows without an answer"
         )
     return summary
+
+
+def budget_stop(summary: dict[str, Any]) -> str | None:
+    """What the budget left unasked, in one line, or None when it stopped nothing."""
+    spent = summary.get("budget")
+    if not spent or not spent["stopped"]:
+        return None
+    caps = [f"{name} {spent[name]}" for name in ("max_cost", "max_output_tokens") if spent[name] is not None]
+    return (
+        f"budget reached ({', '.join(caps)}; spent {spent['spent_cost']} and {spent['spent_output_tokens']} output tokens): "
+        f"{spent['not_asked']} rows not asked, the answers so far kept (raise the cap and rerun to ask them)"
+    )
 
 
 def prompt_requests(prompts_uri: str, splits: list[str], candidate: str) -> tuple[Any, int]:

@@ -148,3 +148,51 @@ def test_a_refused_key_stops_the_fan_out_in_one_line(tmp_path):
     assert isinstance(refused, KeyRefused), raised.value
     assert "$KDIST_WRONG_KEY" in str(refused) and "wrong-key-5150" not in str(refused)
     assert sent <= endpoint.replicas * (endpoint.concurrency + KEY_REFUSALS_TO_STOP)
+
+
+def _teacher(**fields):
+    from pydantic import TypeAdapter
+
+    from kdist.config import TeacherSection
+
+    return TypeAdapter(TeacherSection).validate_python(fields)
+
+
+@pytest.mark.slow  # a Ray Data fan-out: about 10 s alone
+def test_the_budget_stops_the_workers_and_counts_what_was_not_asked(tmp_path):
+    from kdist.endpoints import PriceSection
+    from kdist.llm.budget import worst_case_prompt_tokens
+
+    requests, rows = _requests([f"q{i}" for i in range(40)], ["teacher"])
+    prices = {"input_per_million_tokens": 1000.0, "output_per_million_tokens": 4000.0}
+    worst = PriceSection(**prices).cost(worst_case_prompt_tokens(rows[0]["messages"]), 16)
+    with LLMServer(ServerSettings()) as server:
+        teacher = _teacher(kind="openai", model="m", endpoint=server.openai_base_url, concurrency=2, batch_size=4, replicas=2,
+                           prices=prices, max_cost=round(6 * worst, 6))  # fmt: skip
+        summary = run_inference(requests, teacher, str(tmp_path / "answers"), expected_rows=40).summary
+        sent = server.stats()["total"]
+    spent = summary["budget"]
+    assert spent["stopped"] and 0 < summary["done"] == sent < 40
+    assert spent["not_asked"] == summary["missing"] == 40 - sent
+    assert summary["estimated_cost"] <= teacher.max_cost and spent["spent_cost"] == pytest.approx(summary["estimated_cost"], abs=1e-6)
+    from kdist.stages.generate import budget_stop
+
+    assert f"{40 - sent} rows not asked" in budget_stop(summary) and "max_cost" in budget_stop(summary)
+
+
+@pytest.mark.slow  # two Ray Data runs: about 15 s alone
+def test_the_batch_kind_answers_through_the_same_layer_and_store(tmp_path):
+    from kdist.testing.batches_api import BatchSettings
+
+    store = str(tmp_path / "answers")
+    requests, rows = _requests([f"q{i}" for i in range(20)], ["teacher"])
+    with LLMServer(ServerSettings(batches=BatchSettings(phase_s=0.05))) as server:
+        batch = _teacher(kind="openai_batch", model="m", endpoint=server.openai_base_url, poll_initial_s=0.02, poll_max_s=0.1,
+                         batch_max_requests=8)  # fmt: skip
+        first = run_inference(requests, batch, store, expected_rows=20).summary
+        # The same model asked synchronously: the batch's answers count, nothing is asked.
+        sync = run_inference(requests, _endpoint(server), store, expected_rows=20).summary
+        stats = server.stats()
+    assert (first["done"], first["this_run"]["requested"], first["prompt_tokens"] > 0) == (20, 20, True)
+    assert (sync["this_run"]["requested"], sync["done"]) == (0, 20)
+    assert stats["total"] == 20 and stats["batches"]["created"] == 3
