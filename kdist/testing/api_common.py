@@ -7,7 +7,11 @@ sends for files, batches and fine-tuning jobs: `{endpoint}/openai/files?api-vers
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPENAI_PREFIX = "/v1"
 AZURE_PREFIX = "/openai"
@@ -35,3 +39,15 @@ def refusal(request: web.Request, api_key: str | None) -> web.Response | None:
     if api_key and presented_key(request) != api_key:
         return error(401, "401", "Access denied due to invalid subscription key.")
     return None
+
+
+def guarded(api_key: str | None) -> Callable[[Handler], Handler]:
+    """A route handler that first answers `refusal`'s error, when there is one."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            return refusal(request, api_key) or await handler(request)
+
+        return checked
+
+    return wrap

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kdist.testing.api_common import PREFIXES, error, refusal
+from kdist.testing.api_common import PREFIXES, error, guarded
 from kdist.testing.files_api import FILES, FileStore
 
 # One request of a batch in, (HTTP status, response body) out: the server's chat logic.
@@ -189,9 +189,8 @@ def register(app: web.Application, api_key: str | None, settings: BatchSettings,
         batch = queue.batches.get(batch_id)
         return batch if batch is not None else error(404, "not_found", f"No batch found with id '{batch_id}'.")
 
+    @guarded(api_key)
     async def create(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         try:
             body = await request.json()
             if not body["endpoint"].endswith("/chat/completions") or not isinstance(body["input_file_id"], str):
@@ -200,22 +199,19 @@ def register(app: web.Application, api_key: str | None, settings: BatchSettings,
             return error(400, "invalid_request_error", "input_file_id and endpoint (/v1/chat/completions) are required")
         return web.json_response(queue.create(body))
 
+    @guarded(api_key)
     async def retrieve(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         batch = found(request)
         return batch if isinstance(batch, web.Response) else web.json_response(queue.advance(batch))
 
+    @guarded(api_key)
     async def listing(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         # Newest first, as the real API lists them.
         data = [queue.advance(batch) for batch in reversed(list(queue.batches.values()))]
         return web.json_response({"object": "list", "data": data, "has_more": False})
 
+    @guarded(api_key)
     async def cancel(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         batch = found(request)
         return batch if isinstance(batch, web.Response) else web.json_response(queue.cancel(batch))
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kdist.testing.api_common import PREFIXES, error, refusal
+from kdist.testing.api_common import PREFIXES, error, guarded
 
 
 @dataclass
@@ -74,9 +74,8 @@ def register(app: web.Application, api_key: str | None, max_bytes: int | None = 
     store = FileStore(max_bytes)
     app[FILES] = store
 
+    @guarded(api_key)
     async def upload(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         form = await request.post()
         field, purpose = form.get("file"), form.get("purpose")
         if not isinstance(field, web.FileField) or not isinstance(purpose, str) or not purpose:
@@ -87,23 +86,20 @@ def register(app: web.Application, api_key: str | None, max_bytes: int | None = 
         store.counts["uploads"] += 1
         return web.json_response(store.add(content, field.filename or "upload", purpose).as_object())
 
+    @guarded(api_key)
     async def listing(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         purpose = request.query.get("purpose")
         data = [f.as_object() for f in store.files.values() if purpose in (None, f.purpose)]
         return web.json_response({"object": "list", "data": data, "has_more": False})
 
+    @guarded(api_key)
     async def retrieve(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         file_id = request.match_info["file_id"]
         stored = store.get(file_id)
         return web.json_response(stored.as_object()) if stored else missing(file_id)
 
+    @guarded(api_key)
     async def content(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         file_id = request.match_info["file_id"]
         stored = store.get(file_id)
         if stored is None:
@@ -111,9 +107,8 @@ def register(app: web.Application, api_key: str | None, max_bytes: int | None = 
         store.counts["downloads"] += 1
         return web.Response(body=stored.content, content_type="application/octet-stream")
 
+    @guarded(api_key)
     async def delete(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
         file_id = request.match_info["file_id"]
         if store.files.pop(file_id, None) is None:
             return missing(file_id)
