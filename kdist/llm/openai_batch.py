@@ -86,7 +86,10 @@ class BatchOrchestrator:
         self.dir = storage.join(store.uri, BATCHES_DIR)
         self.azure = endpoint.api_version is not None
         self.url = "/chat/completions" if self.azure else "/v1/chat/completions"
-        self.body = request_body(endpoint)
+        # request_extras may hold secrets (the saved config hides them): they are added to
+        # each line only on its way up, never written into the output dir.
+        self.extras = dict(endpoint.request_extras)
+        self.body = {k: v for k, v in request_body(endpoint).items() if k not in self.extras}
         self.name = endpoint.label
         key = api_key_from_env(endpoint)
         self.scrub = Scrubber.for_endpoint(endpoint.endpoint, key, endpoint.request_extras)
@@ -144,8 +147,7 @@ class BatchOrchestrator:
 
     def _line(self, request_hash: str, messages: list[dict[str, Any]]) -> bytes:
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        line = {"custom_id": request_hash, "method": "POST", "url": self.url, "body": {**self.body, "messages": plain}}
-        return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        return self._encode({"custom_id": request_hash, "method": "POST", "url": self.url, "body": {**self.body, "messages": plain}})
 
     def _write(self, lines: list[bytes], rows: list[pa.Table], worst: int, attempt: int = 1) -> BatchRecord:
         self.sequence += 1
@@ -161,7 +163,7 @@ class BatchOrchestrator:
 
     def _submit(self, record: BatchRecord) -> BatchRecord:
         if record.stage == "written":
-            content = storage.read_text(self._path(record.chunk, ".jsonl")).encode()
+            content = self._with_extras(storage.read_text(self._path(record.chunk, ".jsonl")).encode())
             uploaded = self._call(lambda: self.client.files.create(file=(f"{record.chunk}.jsonl", content), purpose="batch"))
             record.input_file_id, record.stage = uploaded.id, "uploaded"
             self._save(record)
@@ -174,6 +176,16 @@ class BatchOrchestrator:
             self._save(record)
             log.info("batch %s: %d requests, %s", batch.id, record.rows, batch.status)
         return record
+
+    def _with_extras(self, content: bytes) -> bytes:
+        if not self.extras:
+            return content
+        lines = [json.loads(line) for line in content.splitlines() if line.strip()]
+        return b"".join(self._encode({**line, "body": {**line["body"], **self.extras}}) for line in lines)
+
+    @staticmethod
+    def _encode(line: dict[str, Any]) -> bytes:
+        return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     def _created_before(self, record: BatchRecord) -> Any:
         """The batch a crash kept from being recorded (found by the chunk in its metadata)."""

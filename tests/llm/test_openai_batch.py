@@ -181,3 +181,16 @@ def test_azure_batch_deployment_paths(tmp_path):
         _asked_once(server, range(5))
     lines = [json.loads(line) for p in (tmp_path / "batches").glob("*.jsonl") for line in p.read_text().splitlines()]
     assert {line["url"] for line in lines} == {"/chat/completions"} and {line["body"]["model"] for line in lines} == {"m"}
+
+
+def test_request_extras_reach_the_provider_but_never_the_output_dir(tmp_path):
+    import openai
+
+    with _server() as server:
+        endpoint = _endpoint(server, request_extras={"safety_identifier": "tok-hidden-77"})
+        _run(endpoint, tmp_path, _todo(3, endpoint))
+        record = json.loads(next((tmp_path / "batches").glob("*.json")).read_text())
+        client = openai.OpenAI(base_url=server.openai_base_url, api_key=KEY)
+        uploaded = [json.loads(line) for line in client.files.content(record["input_file_id"]).text.splitlines()]
+    assert {line["body"]["safety_identifier"] for line in uploaded} == {"tok-hidden-77"}
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and b"tok-hidden-77" in p.read_bytes()]
