@@ -38,7 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kdist.testing import batches_api, files_api, scripted
+from kdist.testing import batches_api, fine_tuning_api, files_api, scripted
 from kdist.testing.api_common import error as _error
 from kdist.testing.api_common import presented_key as _presented_key
 
@@ -118,6 +118,8 @@ class ServerSettings:
     max_file_bytes: int | None = None
     # The batches routes' clock, limits and expiries (kdist.testing.batches_api).
     batches: batches_api.BatchSettings = field(default_factory=batches_api.BatchSettings)
+    # The fine-tuning jobs' clock and failures (kdist.testing.fine_tuning_api).
+    fine_tuning: fine_tuning_api.FineTuningSettings = field(default_factory=fine_tuning_api.FineTuningSettings)
     # Scripted replies, (pattern, reply) rules over the last message (kdist.testing.scripted).
     script: list[Any] = field(default_factory=list)
 
@@ -191,6 +193,8 @@ def build_app(settings: ServerSettings) -> web.Application:
             messages = body["messages"]
         except (json.JSONDecodeError, KeyError, TypeError):
             return _error(400, "invalid_request", "the body must be JSON with 'messages'")
+        if isinstance(body.get("model"), str) and not jobs.knows_model(body["model"]):
+            return _error(404, "model_not_found", f"The model {body['model']} does not exist.")
         key = message_key(messages)
         state.requests[key] += 1
         state.first_request_at = state.first_request_at or time.time()
@@ -228,9 +232,10 @@ def build_app(settings: ServerSettings) -> web.Application:
 
     files = files_api.register(app, settings.api_key, settings.max_file_bytes)
     batches = batches_api.register(app, settings.api_key, settings.batches, batch_answer)
+    jobs = fine_tuning_api.register(app, settings.api_key, settings.fine_tuning)
 
     async def stats(_: web.Request) -> web.Response:
-        return web.json_response({**state.snapshot(), "files": files.snapshot(), "batches": batches.snapshot()})
+        return web.json_response({**state.snapshot(), "files": files.snapshot(), "batches": batches.snapshot(), "fine_tuning": jobs.snapshot()})
 
     async def reset(_: web.Request) -> web.Response:
         state.requests.clear()
@@ -471,6 +476,7 @@ def settings_from_json(text: str) -> ServerSettings:
     raw = json.loads(text)
     raw["faults"] = FaultPlan(**raw.get("faults", {}))
     raw["batches"] = batches_api.BatchSettings(**raw.get("batches", {}))
+    raw["fine_tuning"] = fine_tuning_api.FineTuningSettings(**raw.get("fine_tuning", {}))
     return ServerSettings(**raw)
 
 
