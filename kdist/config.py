@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from kdist.endpoints import SamplingSection, Section, endpoint_union, kind_for_field, kind_of
+from kdist.endpoints import SamplingSection, Section, _date_as_text, endpoint_union, kind_for_field, kind_of
 from kdist.judging.rubrics import SINGLE_RUBRICS
 from kdist.tasks import TASKS, TaskSettingsUnion
 
@@ -359,7 +359,47 @@ class KDSection(Section):
         return self
 
 
+class HostedTrainSection(Section):
+    """Fine-tuning on a hosted service (kdist.train.hosted): the OpenAI fine-tuning API
+    (`kind: openai`, `endpoint` its base URL) or Azure OpenAI / Azure AI Foundry (`kind: azure`,
+    `endpoint` the resource URL, `api_version` required). Unset hyperparameters are the
+    provider's "auto"; the seed is `run.seed`."""
+
+    kind: Literal["openai", "azure"] = "openai"
+    base_model: str = Field(min_length=1)
+    endpoint: str = Field(default="https://api.openai.com/v1", min_length=1)
+    api_version: str | None = None
+    # Name of the environment variable that holds the API key (Azure without one: Entra ID).
+    api_key_env: str | None = None
+    n_epochs: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate_multiplier: float | None = Field(default=None, gt=0.0)
+    suffix: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    # Polling the job backs off from poll_initial_s to poll_max_s; API calls are retried by
+    # the openai client (max_attempts, honouring Retry-After).
+    poll_initial_s: float = Field(default=10.0, gt=0.0)
+    poll_max_s: float = Field(default=300.0, gt=0.0)
+    max_attempts: int = Field(default=6, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0.0)
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_written(cls, value: Any) -> Any:
+        return _date_as_text(value)
+
+    @model_validator(mode="after")
+    def _api_version_for_azure(self) -> HostedTrainSection:
+        if self.kind == "azure" and self.api_version is None:
+            raise ValueError("kind azure needs api_version (e.g. 2025-04-01-preview)")
+        if self.kind == "openai" and self.api_version is not None:
+            raise ValueError("api_version is for kind azure; kind openai takes none")
+        return self
+
+
 class TrainSection(Section):
+    # ray: Ray Train + DeepSpeed on the cluster; hosted: a fine-tuning service (train.hosted).
+    backend: Literal["ray", "hosted"] = "ray"
+    hosted: HostedTrainSection | None = None
     method: Literal["lora", "full"] = "lora"
     lora: LoraSection = Field(default_factory=LoraSection)
     kd: KDSection = Field(default_factory=KDSection)
@@ -388,6 +428,14 @@ class TrainSection(Section):
     max_failures: int = Field(default=0, ge=-1, description="worker-group restarts (-1: forever)")
     # A DeepSpeed JSON of your own: its keys override the derived ones ("auto" keeps ours).
     deepspeed_config: str | None = None
+
+    @model_validator(mode="after")
+    def _hosted_backend_has_its_section(self) -> TrainSection:
+        if self.backend == "hosted" and self.hosted is None:
+            raise ValueError("backend hosted needs a train.hosted section (kind, base_model, endpoint, ...)")
+        if self.backend == "ray" and self.hosted is not None:
+            raise ValueError("train.hosted is used only with backend hosted; set train.backend: hosted or remove it")
+        return self
 
     @model_validator(mode="after")
     def _offload_params_needs_zero3(self) -> TrainSection:

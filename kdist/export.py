@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 CANDIDATE = "teacher"
 
 
+def chat_record(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """One fine-tuning example: the conversation's roles and texts, nothing else."""
+    return {"messages": [{"role": m["role"], "content": m["content"] or ""} for m in messages]}
+
+
+def chat_jsonl(records: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
 def chat_records(prompts: list[dict[str, Any]], responses: dict[str, dict[str, Any]], include_unparsable: bool) -> list[dict[str, Any]]:
     """Prompt messages plus the teacher's raw answer as the assistant turn, in prompt order."""
     records = []
@@ -33,8 +42,7 @@ def chat_records(prompts: list[dict[str, Any]], responses: dict[str, dict[str, A
         # set are not known here: export `--include-unparsable` keeps everything).
         if not include_unparsable and TASKS[prompt["task"]]().parse_stored(response["response"], prompt["meta"]) is None:
             continue
-        messages = [{"role": m["role"], "content": m["content"]} for m in prompt["messages"]]
-        records.append({"messages": [*messages, {"role": "assistant", "content": response["response"] or ""}]})
+        records.append(chat_record([*prompt["messages"], {"role": "assistant", "content": response["response"]}]))
     return records
 
 
@@ -48,6 +56,6 @@ def export_chat_jsonl(prompts_uri: str, responses_uri: str, out_dir: str, splits
         answers = store.read_all(["id", "candidate", "response", "error"])
         answers = answers.filter(pc.and_(pc.equal(answers["candidate"], CANDIDATE), pc.is_in(answers["id"], value_set=prompts["id"])))
         records = chat_records(prompts.to_pylist(), {row["id"]: row for row in answers.to_pylist()}, include_unparsable)
-        storage.write_text(storage.join(out_dir, f"{split}.jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        storage.write_text(storage.join(out_dir, f"{split}.jsonl"), chat_jsonl(records))
         counts[split] = len(records)
     return counts

@@ -1,6 +1,7 @@
 """The train stage: the student learns from the filtered answers -> student/.
 
-Ray Train + DeepSpeed (kdist.train). Training resumes inside the stage from its checkpoints
+Ray Train + DeepSpeed (kdist.train), or with `train.backend: hosted` a fine-tuning service
+(kdist.train.hosted), whose model name goes to train/hosted_model.json for evaluate. Training resumes inside the stage from its checkpoints
 under `--resume`. Model files need a local directory: with an object-storage `output_dir` the
 stage trains into a local work directory and uploads `student/` when training is done.
 """
@@ -21,11 +22,15 @@ WORK_DIR = Path(tempfile.gettempdir()) / "kdist-train"
 
 
 def run(context: StageContext) -> dict[str, Any]:
+    config = context.config
+    out = context.dir("train")
+    if config.train.backend == "hosted":
+        from kdist.train.hosted import fine_tune
+
+        return fine_tune(config.train.hosted, context.dir("filter"), out, config.run.seed)
     from kdist.train.loop import TrainSpec
     from kdist.train.trainer import run_training
 
-    config = context.config
-    out = context.dir("train")
     local_out = Path(out) if storage.is_local(out) else WORK_DIR / config.run.name / "student"
     sft = context.dir("filter")
     spec = TrainSpec(
