@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jinja2
 
-from kdist.errors import UsageError
+from kdist import templating
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -49,15 +49,7 @@ def load_template(rubric: str, replacement: str | None = None) -> jinja2.Templat
     """The rubric's template, or the user's file that replaces it. StrictUndefined: a
     template that names a variable the judge does not have fails, instead of rendering ''."""
     path = Path(replacement).expanduser() if replacement else TEMPLATES / f"{rubric}.j2"
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UsageError(f"judge.template: cannot read {path} ({err.strerror})") from None
-    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    try:
-        return environment.from_string(text)
-    except jinja2.TemplateSyntaxError as err:
-        raise UsageError(f"judge.template: {path} line {err.lineno}: {err.message}") from None
+    return templating.load_file(path, "judge.template")
 
 
 def prompt_context(meta_json: str | None) -> str | None:

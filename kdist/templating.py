@@ -1,0 +1,33 @@
+"""Prompt templates that a user can replace with a file of their own (Jinja2).
+
+StrictUndefined: a template that names a variable its caller does not pass fails, instead of
+rendering '' into a prompt that is then sent and paid for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+import jinja2
+import jinja2.meta
+
+from kdist.errors import UsageError
+
+
+def load_file(path: Path, field: str, variables: Collection[str] | None = None) -> jinja2.Template:
+    """The template in `path`; a missing file, bad syntax or (when `variables` is given) a
+    variable its caller does not pass is one line naming `field`, before anything renders."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"{field}: cannot read {path} ({err.strerror})") from None
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    try:
+        parsed = environment.parse(text)
+    except jinja2.TemplateSyntaxError as err:
+        raise UsageError(f"{field}: {path} line {err.lineno}: {err.message}") from None
+    unknown = sorted(jinja2.meta.find_undeclared_variables(parsed) - set(variables)) if variables is not None else []
+    if unknown:
+        raise UsageError(f"{field}: {path} uses '{unknown[0]}', which is not a variable here (variables: {', '.join(sorted(variables))})")
+    return environment.from_string(text)
