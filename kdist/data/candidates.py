@@ -59,10 +59,16 @@ def candidate(rowkey: int, where: str, record: dict[str, Any] | RowProblem, task
             raise record
         return _usable(rowkey, where, record, task, data)
     except (RowError, RowProblem) as err:
-        message = str(err) if isinstance(err, RowProblem) else f"{where}: {err}"
-        if data.on_bad_row == "error":
-            raise UsageError(f"{message} (data.on_bad_row: skip leaves such rows out, counted)") from None
-        return {"rowkey": rowkey, "where": where, "status": BAD, "error": message}
+        return {"rowkey": rowkey, "where": where, "status": BAD, "error": bad_row(err, where, data.on_bad_row)}
+
+
+def bad_row(err: RowError | RowProblem, where: str, on_bad_row: str) -> str:
+    """The one line for a row that cannot be used: raised (`data.on_bad_row: error`), or
+    returned to be counted and left out (`skip`)."""
+    message = str(err) if isinstance(err, RowProblem) else f"{where}: {err}"
+    if on_bad_row == "error":
+        raise UsageError(f"{message} (data.on_bad_row: skip leaves such rows out, counted)") from None
+    return message
 
 
 def _usable(rowkey: int, where: str, record: dict[str, Any], task: Task, data: Any) -> dict[str, Any]:

@@ -22,7 +22,10 @@ import pyarrow.parquet as pq
 from kdist import storage
 from kdist.errors import UsageError
 
-SUFFIXES = {"jsonl": (".jsonl", ".json"), "csv": (".csv",), "parquet": (".parquet",)}
+SUFFIXES = {"jsonl": (".jsonl", ".json"), "csv": (".csv",), "parquet": (".parquet",),
+            # Not rows: documents to cut into chunks (kdist.data.documents).
+            "documents": (".txt", ".text", ".md", ".markdown")}  # fmt: skip
+ROW_FORMATS = ("jsonl", "csv", "parquet")
 
 
 class RowProblem(ValueError):
@@ -37,8 +40,8 @@ class RowProblem(ValueError):
 def file_kind(path: str, declared: str | None) -> str:
     if declared:
         return declared
-    for kind, suffixes in SUFFIXES.items():
-        if path.endswith(suffixes):
+    for kind in ROW_FORMATS:
+        if path.endswith(SUFFIXES[kind]):
             return kind
     raise UsageError(f"data.source.format: cannot tell the format of {path} from its name; set jsonl, csv or parquet")
 

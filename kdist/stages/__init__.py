@@ -72,7 +72,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("prepare", "build chat prompts for the task -> prompts/", "prompts", (),
           lambda c: [c.data, c.run.seed], "kdist.stages.prepare:run",
-          sources=lambda c: _data_sources(c), atomic=True),
+          sources=lambda c: {**_data_sources(c), **_model_sources(_writer(c))}, endpoints=lambda c: _writer(c), atomic=True),
     Stage("generate", "have the teacher answer every prompt -> responses/", "responses", ("prepare",),
           lambda c: [c.teacher], "kdist.stages.generate:run",
           sources=lambda c: _model_sources({"teacher": c.teacher}), endpoints=lambda c: {"teacher": c.teacher}),
@@ -102,6 +102,12 @@ def _data_sources(config: RunConfig) -> dict[str, str]:
         if not any(char in location for char in "*?["):  # a glob is the datasets library's to expand
             found[f"data.source.data_files[{index}]"] = location
     return found
+
+
+def _writer(config: RunConfig) -> dict[str, Endpoint]:
+    """The model that writes a generated source's rows (questions, follow-up turns)."""
+    writer = getattr(config.data.source, "writer", None)
+    return {"data.source.writer": writer} if writer is not None else {}
 
 
 def _llm_judge(config: RunConfig) -> dict[str, Endpoint]:

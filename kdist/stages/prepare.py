@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdist import dataflow, storage
-from kdist.config import RunConfig, SyntheticSource
-from kdist.data import files, hf, synthetic
+from kdist.config import FileSource, RunConfig, SyntheticSource
+from kdist.data import files, hf, synthetic, written
 from kdist.data.candidates import CANDIDATE_SCHEMA, unit_candidates
 from kdist.data.selection import KEY_COLUMNS, select
 from kdist.errors import UsageError
@@ -142,7 +142,12 @@ def synthetic_row(task: Task, question: MultipleChoice, split: str, index: int, 
 
 
 def _prepare_source(context: StageContext, out: str) -> dict[str, Any]:
-    config = context.config
+    config, generated = context.config, None
+    if written.is_written(config.data.source):
+        # A model writes the rows first (kdist.data.written); they are then a Parquet source.
+        rows_uri, generated = written.write_rows(config.data, context.root)
+        rows = FileSource(kind="parquet", path=rows_uri)
+        config = config.model_copy(update={"data": config.data.model_copy(update={"source": rows})})
     units, loaded = _plan(config.data.source)
     candidates_uri, decisions_uri = f"{out}.candidates", f"{out}.decisions"
     try:
@@ -153,7 +158,7 @@ def _prepare_source(context: StageContext, out: str) -> dict[str, Any]:
         check_splits(config, _counts_of(selection.decisions["split"]))
         storage.write_table(storage.join(decisions_uri, "part-0.parquet"), selection.decisions)
         _write_prompts(candidates_uri, decisions_uri, task_for(config.data.task).name, out)
-        summary = dict(selection.counts)
+        summary = dict(selection.counts) | ({"generated": generated} if generated else {})
         if config.data.source.kind == "synthetic_export":
             summary["source_answers"] = _write_source_answers(candidates_uri, decisions_uri, context.dir("generate"), config.data.source.path)
     finally:

@@ -1,0 +1,83 @@
+"""Without Ray: documents cut into chunks, and writers' answers read back as questions or
+follow-up turns, from hand-written answers (chatty ones too); what does not parse gives none."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdist.data.dialogues import parse_followups
+from kdist.data.documents import chunk_text, read_chunks
+from kdist.data.questions import parse_questions
+from kdist.errors import UsageError
+
+
+def test_chunks_respect_the_size_overlap_and_keep_a_heading_with_its_section():
+    text = "# Plants\n\n" + "Leaves turn light into sugar. " * 40 + "\n\n## Roots\n\n" + "Roots drink water. " * 30
+    chunks = chunk_text(text, markdown=True, size=300, overlap=60)
+    assert all(len(chunk) <= 300 + 12 for chunk in chunks)  # a joined heading may add a little
+    assert not any(chunk.strip() in ("# Plants", "## Roots") for chunk in chunks)
+    assert any(chunk.startswith("## Roots\n\nRoots drink water.") for chunk in chunks)
+    # Neighbours overlap: the start of each chunk after the first repeats the end of the one before.
+    body = [c for c in chunks if c.startswith("Leaves")]
+    assert len(body) >= 2 and any(body[i + 1][:20] in body[i] for i in range(len(body) - 1))
+    assert chunk_text("short text", markdown=False, size=300, overlap=0) == ["short text"]
+
+
+def test_pdf_text_pages_are_paragraphs_and_chunk_ids_name_the_file(tmp_path):
+    (tmp_path / "doc.txt").write_text("Page one ends here.\fPage two starts.")
+    rows = read_chunks({"path": str(tmp_path / "doc.txt")}, str(tmp_path), size=500, overlap=0)
+    assert rows == [{"id": "doc.txt#0", "where": f"{tmp_path / 'doc.txt'} chunk 1", "text": "Page one ends here.\n\nPage two starts."}]
+    (tmp_path / "scan.txt").write_bytes(b"\xff\xfe binary")
+    with pytest.raises(UsageError, match=r"scan.txt: not UTF-8 text .*pdftotext"):
+        read_chunks({"path": str(tmp_path / "scan.txt")}, str(tmp_path), size=500, overlap=0)
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ('["What is A?", "Why B?"]', ["What is A?", "Why B?"]),
+    ('Sure! Here they are:\n```json\n{"questions": ["What is A?", {"question": "Why B?"}]}\n```', ["What is A?", "Why B?"]),
+    ("Here are three questions:\n1. What is A?\n2) Why does B happen?\n- How big is C\nI hope these help!", ["What is A?", "Why does B happen?", "How big is C"]),
+    ("Q1: What is A?\nQuestion 2: Why B?", ["What is A?", "Why B?"]),
+    ("**1.** What is A?\n1. what is a?", ["What is A?"]),  # bold numbers; a repeat (any case) is one question
+    ("I cannot help with that.", []),
+    ("", []),
+    (None, []),
+])  # fmt: skip
+def test_questions_are_read_from_the_shapes_writers_answer_in(answer, expected):
+    assert parse_questions(answer, 5) == expected
+
+
+def test_at_most_n_questions_are_kept():
+    assert parse_questions('["a?", "b?", "c?", "d?"]', 2) == ["a?", "b?"]
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ('[{"question": "Why?", "answer": "Because."}, {"question": "How?", "answer": ""}]', [("Why?", "Because.")]),
+    ('Here you go: {"followups": [{"user": "And then?", "assistant": "Then Y."}]}', [("And then?", "Then Y.")]),
+    ("Q1: Why is it so?\nIt puzzles me.\nA1: Because of X.\nMore on X.\n**Q2:** And then?\n**A2:** Then Y.\nQ3: left unanswered",
+     [("Why is it so?\nIt puzzles me.", "Because of X.\nMore on X."), ("And then?", "Then Y.")]),
+    ("User: tips?\nAssistant: salt it", [("tips?", "salt it")]),
+    ("A: an answer with no question", []),
+    ("Sorry, I can't continue this conversation.", []),
+])  # fmt: skip
+def test_follow_ups_are_read_as_question_answer_pairs(answer, expected):
+    assert parse_followups(answer, 3) == expected
+
+
+def test_packaged_templates_render_and_a_replacement_may_use_only_their_variables(tmp_path):
+    from kdist.config import DialogueAugmentationSource, DocumentQuestionsSource
+    from kdist.data import dialogues, questions
+    from kdist.data.written import load_template
+
+    writer = {"kind": "openai", "model": "m", "endpoint": "http://127.0.0.1:9/v1"}
+    docs = DocumentQuestionsSource(kind="document_questions", path="d", writer=writer, questions_per_chunk=4)
+    item = {"id": "guide/a.md#2", "text": "Ice melts at zero degrees."}
+    text = load_template(docs, questions).render(**questions.variables(item, docs))
+    assert "Write 4 questions" in text and "Ice melts at zero degrees." in text and "guide/a.md" in text
+    chats = DialogueAugmentationSource(kind="dialogue_augmentation", path="c.jsonl", writer=writer, followups=2)
+    turns = [{"role": "user", "content": "Pasta tips?"}, {"role": "assistant", "content": "Salt the water."}]
+    text = load_template(chats, dialogues).render(**dialogues.variables({"messages": turns}, chats))
+    assert "User: Pasta tips?\nAssistant: Salt the water." in text and "2 follow-up" in text
+    mine = tmp_path / "mine.j2"
+    mine.write_text("{{ passage }}")
+    with pytest.raises(UsageError, match=r"data.source.template: .*mine.j2 uses 'passage', which is not a variable here \(variables: chunk, n, source\)"):
+        load_template(docs.model_copy(update={"template": str(mine)}), questions)
