@@ -13,6 +13,7 @@ import httpx2
 import openai
 
 from kdist.endpoints import RemoteEndpoint
+from kdist.errors import UsageError
 from kdist.llm.base import ChatRequest, ModelResponse
 from kdist.llm.remote import RemoteBackend, connection_failure, sampling_params, top_logprobs_from_openai
 from kdist.llm.resilience import CONNECTION, CONTENT_FILTER, MALFORMED, TIMEOUT, RequestFailed, failure_for_status
@@ -113,6 +114,35 @@ def response_from_completion(completion: dict[str, Any], request: ChatRequest, m
         top_logprobs=top_logprobs_from_openai((choice.get("logprobs") or {}).get("content")),
         status=status,
     )
+
+
+def sync_client(settings: Any, key: str | None) -> openai.OpenAI:
+    """A blocking client for the driver-side APIs (files, batches, fine-tuning jobs):
+    `settings` has endpoint, api_version (Azure OpenAI when set), max_attempts, timeout_s.
+    The client's own retries (backoff, Retry-After) serve these few calls; without a key on
+    Azure, an Entra ID token."""
+    common: dict[str, Any] = {"max_retries": settings.max_attempts - 1, "timeout": settings.timeout_s}
+    if settings.api_version is None:
+        return openai.OpenAI(base_url=settings.endpoint, api_key=key or "none", **common)
+    provider = None
+    if key is None:
+        from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+
+        provider = get_bearer_token_provider(DefaultAzureCredential(), _AZURE_SCOPE)
+    return openai.AzureOpenAI(
+        azure_endpoint=settings.endpoint, api_version=settings.api_version, api_key=key, azure_ad_token_provider=provider, **common
+    )
+
+
+def call_api(call: Any, what: str, where: str, scrub: Any) -> Any:
+    """One SDK call; what the client's retries could not cure is one UsageError line naming
+    the API (`what`) and the endpoint, scrubbed of secrets."""
+    try:
+        return call()
+    except openai.APIStatusError as err:
+        raise UsageError(f"{what} at {scrub(where)}: {err.status_code} {scrub(err.message, 200)}") from None
+    except openai.APIConnectionError as err:
+        raise UsageError(f"{what} at {scrub(where)} cannot be reached: {scrub(str(err), 200)}") from None
 
 
 def _error_code(body: object) -> str | None:

@@ -35,17 +35,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import openai
 import pyarrow as pa
 import pyarrow.compute as pc
 from tenacity import Retrying, retry_if_result, stop_never, wait_exponential
 
 from kdist import storage
 from kdist.endpoints import OpenAIBatchEndpoint
-from kdist.errors import UsageError
 from kdist.llm.base import ChatRequest, ModelResponse
 from kdist.llm.budget import Ledger, worst_case_prompt_tokens
-from kdist.llm.openai import request_body, response_from_completion
+from kdist.llm.openai import call_api, request_body, response_from_completion, sync_client
 from kdist.llm.remote import api_key_from_env
 from kdist.llm.resilience import RequestFailed, failure_for_status
 from kdist.llm.scrub import Scrubber
@@ -56,7 +54,6 @@ log = logging.getLogger(__name__)
 BATCHES_DIR = "batches"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 METADATA_KEY = "kdist_chunk"
-_AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
 @dataclass
@@ -93,7 +90,7 @@ class BatchOrchestrator:
         self.name = endpoint.label
         key = api_key_from_env(endpoint)
         self.scrub = Scrubber.for_endpoint(endpoint.endpoint, key, endpoint.request_extras)
-        self.client = _client(endpoint, key)
+        self.client = sync_client(endpoint, key)
         self.sequence = 0
         self.budget_stopped = False
 
@@ -315,14 +312,9 @@ class BatchOrchestrator:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def _call(self, call: Any) -> Any:
-        """An API call; what the client's own retries could not cure ends the stage in one
-        line (the batches' records stay: a rerun picks them up)."""
-        try:
-            return call()
-        except openai.APIStatusError as err:
-            raise UsageError(f"batch API at {self.scrub(self.endpoint.endpoint)}: {err.status_code} {self.scrub(err.message)[:200]}") from None
-        except openai.APIConnectionError as err:
-            raise UsageError(f"batch API at {self.scrub(self.endpoint.endpoint)} cannot be reached: {self.scrub(str(err))[:200]}") from None
+        """An API call; a failure ends the stage in one line (the batches' records stay: a
+        rerun picks them up)."""
+        return call_api(call, "batch API", self.endpoint.endpoint, self.scrub)
 
     def _path(self, chunk: str, suffix: str) -> str:
         return storage.join(self.dir, chunk + suffix)
@@ -338,15 +330,5 @@ class BatchOrchestrator:
         return storage.read_table(self._path(record.chunk, ".rows.parquet"), schema=REQUEST_INDEX_SCHEMA)
 
 
-def _client(endpoint: OpenAIBatchEndpoint, key: str | None) -> openai.OpenAI:
-    common: dict[str, Any] = {"max_retries": endpoint.max_attempts - 1, "timeout": endpoint.timeout_s}
-    if endpoint.api_version is None:
-        return openai.OpenAI(base_url=endpoint.endpoint, api_key=key or "none", **common)
-    provider = None
-    if key is None:
-        from azure.identity import DefaultAzureCredential, get_bearer_token_provider
-
-        provider = get_bearer_token_provider(DefaultAzureCredential(), _AZURE_SCOPE)
-    return openai.AzureOpenAI(
-        azure_endpoint=endpoint.endpoint, api_version=endpoint.api_version, api_key=key, azure_ad_token_provider=provider, **common
-    )
+# kdist.train.hosted imported this name before sync_client was shared; kept until it moves.
+_client = sync_client
