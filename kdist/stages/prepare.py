@@ -1,7 +1,9 @@
 """The prepare stage: a source -> prompts/ rows (kdist.rows.PROMPT_SCHEMA) for the run's task.
 
 Sources (kdist.data): the procedural demo task; JSONL, CSV and Parquet files, local or on
-object storage; Hugging Face datasets; exports of synthetic-data tools. The task
+object storage; Hugging Face datasets; exports of synthetic-data tools; questions from
+documents and augmented dialogues, whose rows a writer model writes first (kdist.data.written,
+read back as a Parquet source). The task
 (kdist.tasks, `data.task`) turns each source row into messages through its column mapping.
 
 Rows stream through Ray Data: workers read the source and build candidate rows into a
