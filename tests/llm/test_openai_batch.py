@@ -194,3 +194,33 @@ def test_request_extras_reach_the_provider_but_never_the_output_dir(tmp_path):
         uploaded = [json.loads(line) for line in client.files.content(record["input_file_id"]).text.splitlines()]
     assert {line["body"]["safety_identifier"] for line in uploaded} == {"tok-hidden-77"}
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and b"tok-hidden-77" in p.read_bytes()]
+
+
+def test_a_rerun_counts_what_was_spent_and_a_raised_cap_asks_only_the_rest(tmp_path):
+    from pydantic import TypeAdapter
+
+    from kdist.config import TeacherSection
+    from kdist.llm.budget import ledger_for
+
+    prices = PriceSection(input_per_million_tokens=1000.0, output_per_million_tokens=2000.0)
+    store = ResponseStore(str(tmp_path))
+
+    def spent() -> float:
+        table = store.read_all()
+        return prices.cost(sum(table["prompt_tokens"].to_pylist()), sum(table["completion_tokens"].to_pylist()))
+
+    def rerun(endpoint) -> BatchOrchestrator:
+        done = set(store.read_all()["request_hash"].to_pylist())
+        return _run(endpoint, tmp_path, todo.filter(pa.array([h not in done for h in todo["request_hash"].to_pylist()])), ledger_for(endpoint, store))
+
+    with _server() as server:
+        teacher = TypeAdapter(TeacherSection).validate_python({**_endpoint(server, prices=prices).model_dump(), "max_cost": 0.5})
+        todo = _todo(30, teacher)
+        assert rerun(teacher).budget_stopped
+        first = store.read_all().num_rows
+        # Answers cost less than their worst case: a rerun may use what was reserved but not
+        # spent, and what the store's answers cost counts against the same cap.
+        assert rerun(teacher).budget_stopped and spent() <= 0.5
+        rerun(teacher.model_copy(update={"max_cost": 100.0}))
+        _asked_once(server, range(30))
+    assert 0 < first < 30 and store.read_all().num_rows == 30
