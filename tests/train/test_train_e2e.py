@@ -170,32 +170,94 @@ def test_online_logit_kd_under_zero3(ray_cluster, tiny_model_dir, teacher_dir, t
     and both LM heads are gathered for the chunked loss (external parameters)."""
     from kdist.train.trainer import run_training
 
+    rows = sft_rows(8, 5)
     spec = spec_for(tmp_path, tiny_model_dir,
                     {"method": "lora", "zero_stage": 3, "max_steps": 4, "eval_every": 2,
                      "lora": {"r": 4, "alpha": 8, "modules_to_save": ["lm_head"]},
                      "kd": {"mode": "logit", "teacher_logits": "online", "alpha": 0.5,
                             "temperature": 2.0, "divergence": "jsd"}},
-                    sft_rows(64, 5), sft_rows(16, 6), teacher_dir=teacher_dir)
+                    rows, sft_rows(8, 6), teacher_dir=teacher_dir)
     result = run_training(spec)
     metrics = read_metrics(Path(spec.out_dir))
     assert result["kd_mode"] == "logit" and len(metrics) == 4
-    assert all(m["kd"] > 0 for m in metrics)
+    # One global batch of all 8 rows at step 1, and LoRA starts as the identity: the KD term is
+    # the JSD of the two models as loaded, computed here in one process on the full vocabulary
+    # (a teacher never gathered from its shards, or a student head left partitioned, would not be).
+    assert metrics[0]["kd"] == pytest.approx(full_vocab_jsd(tiny_model_dir, teacher_dir, rows, 2.0), rel=1e-4)
     assert metrics[0]["loss"] == pytest.approx(0.5 * metrics[0]["ce"] + 0.5 * 4 * metrics[0]["kd"],
                                                rel=1e-4)
 
 
+def full_vocab_jsd(student_dir: Path, teacher_dir: Path, rows: pa.Table, temperature: float) -> float:
+    """JSD (beta 0.5) of teacher and student next-token distributions at `temperature`,
+    averaged over every answer token of `rows`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist.train.examples import IGNORE_INDEX, tokenize_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    student = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    total, tokens = 0.0, 0
+    for row in rows.to_pylist():
+        example = tokenize_chat(tokenizer, row["messages"], 96)
+        ids = torch.tensor([example.input_ids])
+        with torch.no_grad():
+            p = torch.softmax(teacher(ids).logits[0].double() / temperature, -1)
+            q = torch.softmax(student(ids).logits[0].double() / temperature, -1)
+        m = (p + q) / 2
+        for pos, label in enumerate(example.labels):
+            if label != IGNORE_INDEX:
+                at = pos - 1
+                total += float(0.5 * (p[at] * (p[at] / m[at]).log()).sum() + 0.5 * (q[at] * (q[at] / m[at]).log()).sum())
+                tokens += 1
+    return total / tokens
+
+
+def topk_bucket_kl(model_dir: Path, rows: pa.Table) -> float:
+    """KL(teacher || student) over the stored top-k plus one tail bucket, at T = 1, averaged
+    over every answer token of `rows`, with the student as loaded from model_dir: what the
+    first step's KD term must be when one batch holds every row."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist.train.examples import IGNORE_INDEX, tokenize_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total, tokens = 0.0, 0
+    for row in rows.to_pylist():
+        example = tokenize_chat(tokenizer, row["messages"], 96)
+        with torch.no_grad():
+            logq = torch.log_softmax(model(torch.tensor([example.input_ids])).logits[0].double(), -1)
+        answer = [pos for pos, label in enumerate(example.labels) if label != IGNORE_INDEX]
+        assert len(answer) == len(row["top_logprobs"])
+        for pos, stored in zip(answer, row["top_logprobs"]):
+            p = torch.tensor(stored["logprobs"], dtype=torch.float64).exp()
+            q = logq[pos - 1, stored["token_ids"]].exp()
+            p, q = torch.cat([p, (1 - p.sum())[None]]), torch.cat([q, (1 - q.sum())[None]])
+            total += float((p * (p.log() - q.log())).sum())
+            tokens += 1
+    return total / tokens
+
+
 def test_offline_topk_kd(ray_cluster, tiny_model_dir, teacher_dir, tmp_path):
+    """The first step's KD term equals the divergence computed here from the stored top-k
+    (one global batch of all 8 rows, so the row order does not matter): top-k shifted by a
+    position, a wrong tail or a KD term normalised twice would not."""
     from kdist.train.trainer import run_training
 
+    rows = sft_rows(8, 7, teacher_dir)
     spec = spec_for(tmp_path, tiny_model_dir,
                     {"method": "full", "zero_stage": 2, "max_steps": 4, "eval_every": 2,
-                     "kd": {"mode": "logit", "teacher_logits": "offline", "alpha": 0.2}},
-                    sft_rows(64, 7, teacher_dir), sft_rows(16, 8, teacher_dir),
-                    teacher_dir=teacher_dir)
+                     "kd": {"mode": "logit", "teacher_logits": "offline", "alpha": 0.2, "temperature": 1.0,
+                            "divergence": "forward_kl"}},
+                    rows, sft_rows(8, 8, teacher_dir), teacher_dir=teacher_dir)
     run_training(spec)
     metrics = read_metrics(Path(spec.out_dir))
-    assert len(metrics) == 4 and all(m["kd"] > 0 for m in metrics)
-    assert metrics[-1]["val_loss"] > 0
+    assert len(metrics) == 4 and metrics[0]["loss_tokens"] == sum(len(r) for r in rows["top_logprobs"].to_pylist())
+    assert metrics[0]["kd"] == pytest.approx(topk_bucket_kl(tiny_model_dir, rows), rel=1e-4)
+    assert metrics[0]["loss"] == pytest.approx(0.2 * metrics[0]["ce"] + 0.8 * metrics[0]["kd"], rel=1e-4)
+    assert metrics[-1]["kd"] < metrics[0]["kd"]  # it learns from the teacher
 
 
 def test_online_kd_refuses_a_different_vocabulary(tiny_model_dir, tmp_path):
