@@ -193,12 +193,19 @@ def register(app: web.Application, api_key: str | None, settings: FineTuningSett
         data = [j for j in jobs if all((j["metadata"] or {}).get(k) == v for k, v in wanted.items())]
         return web.json_response({"object": "list", "data": data, "has_more": False})
 
-    async def retrieve(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
-        job_id = request.match_info["job_id"]
-        obj = queue.advance(job_id)
-        return web.json_response(obj) if obj else missing(job_id)
+    def job_route(action: Any) -> Any:
+        """A route that answers with one job after `action` (reading or cancelling it)."""
+
+        async def handler(request: web.Request) -> web.Response:
+            if refused := refusal(request, api_key):
+                return refused
+            job_id = request.match_info["job_id"]
+            obj = action(job_id)
+            return web.json_response(obj) if obj else missing(job_id)
+
+        return handler
+
+    retrieve, cancel = job_route(queue.advance), job_route(queue.cancel)
 
     async def events(request: web.Request) -> web.Response:
         if refused := refusal(request, api_key):
@@ -207,13 +214,6 @@ def register(app: web.Application, api_key: str | None, settings: FineTuningSett
         if job_id not in queue.jobs:
             return missing(job_id)
         return web.json_response({"object": "list", "data": queue.events(job_id), "has_more": False})
-
-    async def cancel(request: web.Request) -> web.Response:
-        if refused := refusal(request, api_key):
-            return refused
-        job_id = request.match_info["job_id"]
-        obj = queue.cancel(job_id)
-        return web.json_response(obj) if obj else missing(job_id)
 
     for prefix in PREFIXES:
         app.router.add_post(f"{prefix}/fine_tuning/jobs", create)

@@ -28,14 +28,13 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import openai
 from tenacity import Retrying, retry_if_result, stop_never, wait_exponential
 
 from kdist import storage
 from kdist.config import HostedTrainSection
 from kdist.errors import UsageError
 from kdist.export import chat_jsonl, chat_record
-from kdist.llm.openai_batch import _client
+from kdist.llm.openai import call_api, sync_client
 from kdist.llm.remote import api_key_from_env
 from kdist.llm.scrub import Scrubber
 
@@ -69,8 +68,7 @@ class HostedFineTune:
         except RuntimeError as err:
             raise UsageError(f"train.hosted.{err}") from None
         self.scrub = Scrubber.for_endpoint(settings.endpoint, key, {})
-        # The batch backend's client: OpenAI, or AzureOpenAI when api_version is set.
-        self.client = _client(settings, key)  # type: ignore[arg-type]
+        self.client = sync_client(settings, key)  # OpenAI, or AzureOpenAI when api_version is set
         self.seen_events: set[str] = set()
 
     def run(self, sft_uri: str) -> dict[str, Any]:
@@ -193,15 +191,9 @@ class HostedFineTune:
     # --- plumbing --------------------------------------------------------------------------
 
     def _call(self, call: Any) -> Any:
-        """An API call; what the client's own retries could not cure ends the stage in one
-        line (the record stays: a rerun picks the job up)."""
-        where = self.scrub(self.settings.endpoint)
-        try:
-            return call()
-        except openai.APIStatusError as err:
-            raise UsageError(f"fine-tuning API at {where}: {err.status_code} {self.scrub(err.message, 200)}") from None
-        except openai.APIConnectionError as err:
-            raise UsageError(f"fine-tuning API at {where} cannot be reached: {self.scrub(str(err), 200)}") from None
+        # What the client's retries could not cure ends the stage in one line; the record
+        # stays, so a rerun picks the job up.
+        return call_api(call, "fine-tuning API", self.settings.endpoint, self.scrub)
 
     def _record(self, fingerprint: str) -> JobRecord:
         path = storage.join(self.out, JOB_FILE)

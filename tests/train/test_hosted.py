@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -163,6 +164,20 @@ def test_a_failed_job_ends_the_stage_in_one_line_with_the_providers_error_scrubb
         assert KEY not in message and "***" in message and "\n" not in message
         assert not storage.exists(storage.join(context.dir("train"), MODEL_FILE))
         assert KEY not in storage.read_text(storage.join(context.dir("train"), JOB_FILE))
+
+
+def test_a_job_cancelled_on_the_service_ends_the_stage_in_one_line(tmp_path):
+    with _server(phase_s=0.5) as server, ThreadPoolExecutor(1) as pool:
+        context = _config(tmp_path, server)
+        running = pool.submit(train_stage.run, context)
+        deadline = time.monotonic() + 30
+        while server.stats()["fine_tuning"]["created"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job = _client(server).fine_tuning.jobs.list().data[0]
+        assert _client(server).fine_tuning.jobs.cancel(job.id).status == "cancelled"
+        with pytest.raises(UsageError, match=rf"^fine-tuning job {job.id} cancelled: no error given$"):
+            running.result(timeout=30)
+        assert server.stats()["fine_tuning"]["cancelled"] == 1
 
 
 def test_azure_openai_fine_tunes_through_its_routes(tmp_path):
