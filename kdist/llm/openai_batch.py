@@ -28,6 +28,8 @@ the openai client itself (`max_attempts`, honouring Retry-After).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import time
@@ -219,7 +221,7 @@ class BatchOrchestrator:
         by_hash = {h: i for i, h in enumerate(rows["request_hash"].to_pylist())}
         results: dict[str, ModelResponse] = {}
         seconds = float((batch.completed_at or batch.expired_at or batch.failed_at or batch.cancelled_at or time.time()) - batch.created_at)
-        for entry in self._download(batch.output_file_id) + self._download(batch.error_file_id):
+        for entry in itertools.chain(self._download(batch.output_file_id), self._download(batch.error_file_id)):
             custom_id = entry.get("custom_id")
             if custom_id in by_hash and (response := self._answer(entry, custom_id, record, seconds)) is not None:
                 results[custom_id] = response
@@ -305,11 +307,15 @@ class BatchOrchestrator:
 
     # --- plumbing --------------------------------------------------------------------------
 
-    def _download(self, file_id: str | None) -> list[dict[str, Any]]:
+    def _download(self, file_id: str | None) -> Iterator[dict[str, Any]]:
+        """A result file's lines as they stream in (a 200 MB file is never held whole)."""
         if not file_id:
-            return []
-        text = self._call(lambda: self.client.files.content(file_id)).text
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return
+        with contextlib.ExitStack() as stack:  # the request goes out on entering: inside _call
+            reply = self._call(lambda: stack.enter_context(self.client.files.with_streaming_response.content(file_id)))
+            for line in reply.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
 
     def _call(self, call: Any) -> Any:
         """An API call; a failure ends the stage in one line (the batches' records stay: a

@@ -224,3 +224,14 @@ def test_a_rerun_counts_what_was_spent_and_a_raised_cap_asks_only_the_rest(tmp_p
         rerun(teacher.model_copy(update={"max_cost": 100.0}))
         _asked_once(server, range(30))
     assert 0 < first < 30 and store.read_all().num_rows == 30
+
+
+def test_an_api_failure_is_one_line_without_the_key(tmp_path):
+    from kdist.errors import UsageError
+
+    with _server() as server:
+        endpoint = _endpoint(server)
+        orchestrator = BatchOrchestrator(endpoint, ResponseStore(str(tmp_path)), new_run_id(), None)
+        with pytest.raises(UsageError, match=r"^batch API at http://127\.0\.0\.1:\d+/v1: 404 ") as raised:
+            list(orchestrator._download("file-does-not-exist"))
+    assert KEY not in str(raised.value) and "\n" not in str(raised.value)
