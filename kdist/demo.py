@@ -5,9 +5,11 @@
 3. train the teacher on labelled data through the same Ray Train + DeepSpeed path, until it
    reaches a target validation accuracy (or a time cap), and refuse to go on with a teacher
    that is not clearly above chance: distilling from it would teach nothing;
-4. run the real flow: the teacher answers the unlabelled pool, the rule judge and the filter
+4. fine-tune a copy of the teacher into a pairwise judge on comparisons built from the same
+   labelled split (kdist.demo_judge), served to evaluation as an `hf` endpoint;
+5. run the real flow: the teacher answers the unlabelled pool, the rule judge and the filter
    keep parsable answers, the student is LoRA-tuned on them, and base student, teacher and
-   distilled student are compared on a held-out split.
+   distilled student are scored on a held-out split and compared by the judge in both orders.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 TEACHER_TRAIN_SPLIT = "teacher_train"
+JUDGE_TEMPLATE = Path(__file__).parent / "templates" / "demo_pairwise.j2"
 
 
 def run_demo(config_path: str | None, overrides: list[str], resume: bool = False) -> int:
@@ -43,7 +46,8 @@ def run_demo(config_path: str | None, overrides: list[str], resume: bool = False
         return 0
     with ray_session(config):
         pipeline.run_stages(config, ["prepare"], resume=resume)
-        teacher_accuracy = _prepare_models(config, resume)
+        accuracies = _prepare_models(config, resume)
+        teacher_accuracy = accuracies["teacher_val_accuracy"]
         print(f"teacher validation accuracy: {teacher_accuracy:.3f}", flush=True)
         if teacher_accuracy < config.demo.min_teacher_accuracy:
             print(
@@ -53,8 +57,11 @@ def run_demo(config_path: str | None, overrides: list[str], resume: bool = False
                 flush=True,
             )
             return 1
+        if accuracies.get("judge_val_accuracy") is not None:
+            print(f"judge validation accuracy (pairs with one right answer): "
+                  f"{accuracies['judge_val_accuracy']:.3f}", flush=True)
         pipeline.run_stages(config, STAGE_NAMES[1:], resume=resume)
-    metrics = _write_metrics(config, root, teacher_accuracy, time.monotonic() - started)
+    metrics = _write_metrics(config, root, accuracies, time.monotonic() - started)
     _print_summary(metrics, root)
     return 0
 
@@ -71,7 +78,7 @@ def _finished_earlier(config: RunConfig) -> bool:
 
 def _models_fingerprint(config: RunConfig) -> str:
     return storage.fingerprint(config.data.model_dump(), config.demo.model_dump(),
-                          config.student.model_dump(), config.run.seed)
+                               config.student.model_dump(), config.run.seed, _judge_template(config))
 
 
 def load_demo_config(config_path: str | None, overrides: list[str]) -> RunConfig:
@@ -87,6 +94,12 @@ def load_demo_config(config_path: str | None, overrides: list[str]) -> RunConfig
     root = Path(raw.get("run", {}).get("output_dir", "runs/demo"))
     raw.setdefault("teacher", {}).setdefault("model", str(root / "models/teacher/model"))
     raw.setdefault("student", {}).setdefault("model", str(root / "models/student_base"))
+    judge = raw.get("evaluate", {}).get("judge")
+    if isinstance(judge, dict) and raw["demo"].get("judge_train") is not None:
+        judge.setdefault("model", str(root / "models/judge/model"))
+        # A short pairwise prompt of the same variables: the rubric's instructions would make
+        # the judge's rows four times longer, and its training as much slower, on 2 cores.
+        judge.setdefault("template", str(JUDGE_TEMPLATE))
     return validate_config(raw)
 
 
@@ -104,8 +117,9 @@ def _default_config_path() -> Path:
     return here if here.exists() else Path(__file__).resolve().parents[1] / DEFAULT_CONFIG
 
 
-def _prepare_models(config: RunConfig, resume: bool) -> float:
-    """Tokenizer, teacher (trained) and base student; returns the teacher's val accuracy."""
+def _prepare_models(config: RunConfig, resume: bool) -> dict[str, float | None]:
+    """Tokenizer, teacher (trained), judge (trained) and base student; returns the teacher's
+    and the judge's validation accuracy."""
     from kdist import modelkit
     from kdist.train.loop import TrainSpec
     from kdist.train.trainer import run_training
@@ -115,10 +129,12 @@ def _prepare_models(config: RunConfig, resume: bool) -> float:
     done = storage.done_summary(str(models), fingerprint) if resume else None
     if done is not None:
         log.info("demo models: done earlier with the same settings, skipped (--resume)")
-        return done["teacher_val_accuracy"]
+        return done
     storage.clear_done(str(models))
-    prompts = storage.read_table(pipeline.stage_dirs(config)["prepare"], schema=PROMPT_SCHEMA).to_pylist()
-    tokenizer = modelkit.train_tokenizer(_tokenizer_corpus(prompts),
+    # In id order: the tokenizer's merges (ties among equal counts) and the labelled rows must
+    # not depend on the order the prompts were written in.
+    prompts = storage.read_table(pipeline.stage_dirs(config)["prepare"], schema=PROMPT_SCHEMA).sort_by("id").to_pylist()
+    tokenizer = modelkit.train_tokenizer(_tokenizer_corpus(prompts, _judge_template(config)),
                                          config.demo.tokenizer_vocab_size, models / "tokenizer")
     modelkit.build_llama(config.demo.teacher_build, tokenizer, models / "teacher_init", config.run.seed)
     if config.student.build is None:
@@ -136,13 +152,45 @@ def _prepare_models(config: RunConfig, resume: bool) -> float:
         label="teacher",
     )
     result = run_training(spec)
-    storage.mark_done(str(models), fingerprint, {"teacher_val_accuracy": result["val_accuracy"]})
-    return result["val_accuracy"]
+    accuracies = {"teacher_val_accuracy": result["val_accuracy"], "judge_val_accuracy": None}
+    if config.demo.judge_train is not None and result["val_accuracy"] >= config.demo.min_teacher_accuracy:
+        accuracies["judge_val_accuracy"] = _train_judge(config, prompts, tokenizer, models)
+    storage.mark_done(str(models), fingerprint, accuracies)
+    return accuracies
 
 
-def _tokenizer_corpus(prompts: list[dict[str, Any]]) -> list[str]:
+def _train_judge(config: RunConfig, prompts: list[dict[str, Any]], tokenizer, models: Path) -> float:
+    """The teacher fine-tuned on pairwise verdicts (kdist.demo_judge); its accuracy on
+    validation pairs with one right answer."""
+    from kdist import demo_judge
+    from kdist.train.loop import TrainSpec
+    from kdist.train.trainer import run_training
+
+    junk = demo_judge.junk_texts(tokenizer, seed=config.run.seed)
+    for split in (TEACHER_TRAIN_SPLIT, "validation"):
+        rows = demo_judge.pairwise_rows(prompts, split, junk, config.run.seed, _judge_template(config))
+        storage.write_table(str(models / f"judge_{split}.parquet"), rows)
+    spec = TrainSpec(
+        model_dir=str(models / "teacher" / "model"),
+        train_path=str(models / f"judge_{TEACHER_TRAIN_SPLIT}.parquet"),
+        eval_path=str(models / "judge_validation.parquet"),
+        out_dir=str(models / "judge"),
+        train=config.demo.judge_train.model_dump(mode="json"),
+        seed=config.run.seed,
+        label="judge",
+    )
+    return run_training(spec)["val_accuracy"]
+
+
+def _judge_template(config: RunConfig) -> str | None:
+    return config.evaluate.judge.template if config.evaluate.judge is not None else None
+
+
+def _tokenizer_corpus(prompts: list[dict[str, Any]], judge_template: str | None) -> list[str]:
+    from kdist import demo_judge
+
     texts = [m["content"] for p in prompts for m in p["messages"]]
-    return vocabulary_text() + texts
+    return vocabulary_text() + texts + demo_judge.corpus(prompts, judge_template)
 
 
 def _labelled_rows(prompts: list[dict[str, Any]], split: str) -> pa.Table:
@@ -155,13 +203,15 @@ def _labelled_rows(prompts: list[dict[str, Any]], split: str) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
 
 
-def _write_metrics(config: RunConfig, root: Path, teacher_val: float, seconds: float) -> dict:
+def _write_metrics(config: RunConfig, root: Path, accuracies: dict[str, float | None], seconds: float) -> dict:
     evaluation = storage.read_json(storage.join(pipeline.stage_dirs(config)["evaluate"], "metrics.json"))
     metrics = {
         "accuracy": evaluation["accuracy"],
+        "recovered": evaluation["recovered"].get("accuracy"),
+        "comparisons": evaluation["comparisons"],
         "eval_split": evaluation["split"],
         "eval_rows": evaluation["rows"],
-        "teacher_val_accuracy": teacher_val,
+        **accuracies,
         "wall_seconds": round(seconds, 1),  # of this invocation (less when --resume skipped work)
         "stage_seconds": storage.read_json(str(root / "stage_seconds.json")),
     }
@@ -174,5 +224,15 @@ def _print_summary(metrics: dict[str, Any], root: Path) -> None:
     print(f"\naccuracy on {metrics['eval_rows']} held-out questions (chance is 0.2):")
     for model in ("base", "teacher", "student"):
         print(f"  {model:8s} {accuracy.get(model, float('nan')):.3f}")
+    if metrics.get("recovered") is not None:
+        print(f"recovered share of the teacher's gain: {metrics['recovered']:.3f}")
+    for key, c in (metrics.get("comparisons") or {}).items():
+        print(f"judge, {c['first']} vs {c['second']} ({c['n']} questions, both orders): win rate "
+              f"{_rate(c['win_rate'])} of non-tied, tie {_rate(c['tie_rate'])}, flip "
+              f"{_rate(c['flip_rate'])}; judge accuracy {_rate(c['judge_accuracy'])}")
     print(f"wall time {metrics['wall_seconds']:.0f}s; outputs in {root} "
           f"(metrics.json, eval/report.md)", flush=True)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
