@@ -1,18 +1,26 @@
-"""Distillation modes at the same budget on the demo's toy task: sequence KD, logit KD,
-on-policy KD and cross-tokenizer KD; test accuracy and seconds per step, mean over seeds.
+"""Distillation modes at the same budget on the demo's toy task: a ground-truth baseline,
+sequence KD, logit KD (online teacher, and offline top-k), on-policy KD and cross-tokenizer KD;
+test accuracy and the recovered share of the teacher's gain, mean and spread over seeds.
 
 In one process with plain PyTorch (no Ray, no DeepSpeed: the loss, the objective and the
 on-policy sampler are kdist's own), so it runs in a few minutes on 2 cores:
 
 1. train a tokenizer and a teacher on labelled questions (CE, until --teacher-accuracy or
    --teacher-seconds);
-2. the teacher answers the unlabelled pool (its letter): the training set of every mode;
-3. per seed, a fresh student trains --steps steps of --batch rows in each mode:
-   sequence (CE on the teacher's answers), logit (online teacher, alpha 0.5, forward KL),
-   on_policy (lambda --lmbda, reverse KL, alpha 0), cross_tokenizer (a student with its own,
-   smaller tokenizer; align, alpha 0.5).
+2. the teacher answers the unlabelled pool through the `hf` backend the generate stage uses
+   (greedy, with its top-k logprobs per answer token, stored as generate stores them); answers
+   that do not parse are dropped, as the rule judge and the filter drop them: the training set
+   of every KD mode. No ground-truth label reaches a KD student (asserted);
+3. per seed, a fresh student (the same base for every mode of that seed) trains --steps steps
+   of --batch rows at one constant learning rate in each mode: ground_truth (CE on the labels,
+   no teacher: the baseline), sequence (CE on the teacher's answers), logit_online (online
+   teacher, alpha 0.5: alpha * CE + (1 - alpha) * T^2 * KL, forward KL, T 1), logit_offline
+   (the same loss on the stored top-k), on_policy (lambda --lmbda, reverse KL, alpha 0),
+   cross_tokenizer (a student with its own, smaller tokenizer; align, alpha 0.5);
+4. recovered share = (student - base) / (teacher - base), base being that seed's untrained
+   student; spread = max - min over the seeds.
 
-    python benchmarks/kd_modes.py [--seeds 2 --steps 800 --batch 64]  # about 8 minutes on 2 cores
+    python benchmarks/kd_modes.py [--seeds 3 --steps 800 --batch 64]  # about 15 minutes on 2 cores
 
 The last line is one JSON object: {"benchmark": "kd_modes", "figures": {...}, "params": {...}}.
 """
@@ -36,14 +44,20 @@ from kdist import modelkit  # noqa: E402
 from kdist.config import ModelBuildSection  # noqa: E402
 from kdist.data import synthetic  # noqa: E402
 from kdist.train.accuracy import choice_accuracy  # noqa: E402
-from kdist.train.batches import TrainData, build_pair_examples, collate  # noqa: E402
+from kdist.endpoints import HFEndpoint  # noqa: E402
+from kdist.llm.base import ChatRequest  # noqa: E402
+from kdist.llm.hf import HFBackend  # noqa: E402
+from kdist.tasks.multiple_choice import parse_choice  # noqa: E402
+from kdist.train.batches import TrainData, build_examples, build_pair_examples, collate, prepare  # noqa: E402
 from kdist.train.cross_tokenizer import vocabulary_map  # noqa: E402
 from kdist.train.examples import tokenize_chat  # noqa: E402
 from kdist.train.losses import KDParams  # noqa: E402
 from kdist.train.objective import DistillationObjective, count_loss_tokens  # noqa: E402
 from kdist.train.on_policy import Sampling, complete_batch, sampled_count  # noqa: E402
 
-MODES = ("sequence", "logit", "on_policy", "cross_tokenizer")
+MODES = ("ground_truth", "sequence", "logit_online", "logit_offline", "on_policy", "cross_tokenizer")
+KD_MODES = MODES[1:]  # every mode but the baseline learns from the teacher alone
+TOP_K = 20
 
 
 def questions(split: str, n: int, seed: int = 0):
@@ -107,49 +121,88 @@ def _step(objective, optimizer, batch) -> None:
     optimizer.step()
 
 
-def teacher_answers(teacher, tokenizer, qs) -> list[str]:
-    """The teacher's letter for each question (its greedy first token)."""
-    from kdist.tasks.multiple_choice import parse_choice
+def teacher_rows(teacher, tokenizer, qs, out: Path) -> list[dict]:
+    """The generate stage's answers: the saved teacher served by the `hf` backend, greedy,
+    with top-k logprobs; rows whose answer does not parse are dropped (rule judge + filter)."""
+    teacher.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    backend = HFBackend(HFEndpoint(model=str(out), sampling={"temperature": 0.0, "max_tokens": 4,
+                                                              "top_logprobs": TOP_K}), device="cpu")
+    rows = []
+    for i in range(0, len(qs), 100):
+        chunk = qs[i:i + 100]
+        requests = [ChatRequest(id=str(i + j), messages=chat(q, "")[:1], request_hash=str(i + j))
+                    for j, q in enumerate(chunk)]
+        for q, answer in zip(chunk, backend.generate(requests)):
+            if parse_choice(answer.response) is not None:
+                rows.append({"id": answer.id, "messages": chat(q, answer.response),
+                             "top_logprobs": answer.top_logprobs, "label": q.answer})
+    backend.close()
+    return rows
 
+
+def kd_rows(rows: list[dict]) -> list[dict]:
+    """What a KD student gets: prompt, the teacher's answer and top-k, never the label."""
+    return [{key: row[key] for key in ("id", "messages", "top_logprobs")} for row in rows]
+
+
+def teacher_letters(teacher, tokenizer, qs) -> list[str | None]:
+    """The teacher's letter for each question from one forward pass (its greedy first token):
+    computed apart from the generation, to check the KD rows against."""
     tokenizer.padding_side = "left"
-    answers = []
+    letters = []
     with torch.no_grad():
         for i in range(0, len(qs), 64):
-            chunk = qs[i:i + 64]
             prompts = [tokenizer.apply_chat_template(r["messages"], tokenize=False,
                                                      add_generation_prompt=True)
-                       for r in eval_rows(chunk)]
+                       for r in eval_rows(qs[i:i + 64])]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             logits = teacher(**enc, logits_to_keep=1).logits[:, -1]
-            for text in tokenizer.batch_decode(logits.argmax(-1)[:, None]):
-                answers.append(parse_choice(text) or "A")
-    return answers
+            letters += [parse_choice(t) for t in tokenizer.batch_decode(logits.argmax(-1)[:, None])]
+    return letters
+
+
+def check_no_labels(rows: list[dict], letters: list[str | None], labels: list[str]) -> None:
+    """No ground-truth label reaches a KD student: the rows carry no label, and their answers
+    are the teacher's letters (its mistakes included), not the labels."""
+    assert all(set(row) == {"id", "messages", "top_logprobs"} for row in rows)
+    answers = [parse_choice(row["messages"][-1]["content"]) for row in rows]
+    as_teacher = sum(a == t for a, t in zip(answers, letters)) / len(rows)
+    as_labels = sum(a == y for a, y in zip(answers, labels)) / len(rows)
+    assert as_teacher >= 0.99 and (as_labels < as_teacher or as_labels == 1.0), (as_teacher, as_labels)
 
 
 def run_mode(mode: str, seed: int, ctx: dict, args) -> dict[str, float]:
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    rows = ctx["rows"]
+    rows = [row["messages"] for row in ctx["rows"]]
     if mode == "cross_tokenizer":
         tokenizer = ctx["other_tokenizer"]
         student = build(tokenizer, ctx["tmp"] / f"student-x-{seed}", args.student_hidden, 2, seed + 1)
-        data = build_pair_examples([{"messages": m} for m in rows], tokenizer,
-                                   ctx["tokenizer"], 96)
+        data = build_pair_examples(ctx["rows"], tokenizer, ctx["tokenizer"], 96)
         params = KDParams(alpha=0.5, cross="align")
         objective = DistillationObjective(student, params, ctx["teacher"], vocab_map=vocabulary_map(
             ctx["tokenizer"], tokenizer, ctx["teacher"].get_output_embeddings().weight.shape[0]))
     else:
         tokenizer = ctx["tokenizer"]
         student = build(tokenizer, ctx["tmp"] / f"student-{seed}", args.student_hidden, 2, seed + 1)
-        data = data_of(tokenizer, rows)
-        params = {"sequence": KDParams(alpha=1.0),
-                  "logit": KDParams(alpha=0.5, divergence="forward_kl"),
+        if mode == "ground_truth":
+            data = data_of(tokenizer, ctx["labelled"])
+        elif mode == "logit_offline":
+            examples, k, _ = build_examples(ctx["rows"], tokenizer, 96, topk=True)
+            data = prepare(examples, tokenizer.pad_token_id, k, False, 96)
+        else:
+            data = data_of(tokenizer, rows)
+        params = {"ground_truth": KDParams(alpha=1.0), "sequence": KDParams(alpha=1.0),
+                  "logit_online": KDParams(alpha=0.5, divergence="forward_kl"),
+                  "logit_offline": KDParams(alpha=0.5, divergence="forward_kl"),
                   "on_policy": KDParams(alpha=0.0, divergence="reverse_kl")}[mode]
-        objective = DistillationObjective(student, params,
-                                          None if mode == "sequence" else ctx["teacher"])
+        online = mode in ("logit_online", "on_policy")
+        objective = DistillationObjective(student, params, ctx["teacher"] if online else None)
+    base = choice_accuracy(student, tokenizer, ctx["test"])
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, betas=(0.9, 0.98))
     sampling = Sampling(args.lmbda, 1.0, 1.0, 4, 96)
-    generation = 0.0
+    generation, loss_tokens = 0.0, 0
     started = time.monotonic()
     for step, batch in enumerate(batches(data, args.batch, rng), 1):
         if mode == "on_policy":
@@ -158,18 +211,38 @@ def run_mode(mode: str, seed: int, ctx: dict, args) -> dict[str, float]:
                                       sampled_count(args.batch, args.lmbda, rng), rng,
                                       tokenizer.pad_token_id, tokenizer.eos_token_id, False)
             generation += time.monotonic() - t0
+        loss_tokens += count_loss_tokens(batch["labels"])
         _step(objective, optimizer, batch)
         if step >= args.steps:
             break
     seconds = time.monotonic() - started
     accuracy = choice_accuracy(student, tokenizer, ctx["test"])
-    return {"accuracy": accuracy, "s_per_step": seconds / args.steps,
-            "generation_share": generation / seconds}
+    gain = ctx["teacher_test"] - base
+    return {"accuracy": accuracy, "base": base, "recovered": (accuracy - base) / gain if gain > 0 else None,
+            "s_per_step": seconds / args.steps, "generation_share": generation / seconds,
+            "loss_tokens": loss_tokens}
+
+
+def summary(runs: list[dict[str, float]]) -> dict:
+    """Mean and spread (max - min) over the seeds of accuracy and of the recovered share."""
+    figures: dict = {}
+    for key in ("accuracy", "recovered"):
+        values = [r[key] for r in runs if r[key] is not None]
+        figures[f"{key}_mean"] = round(statistics.mean(values), 4) if values else None
+        figures[f"{key}_spread"] = round(max(values) - min(values), 4) if values else None
+        figures[f"{key}_per_seed"] = [round(v, 4) for v in values]
+    figures.update(
+        base_mean=round(statistics.mean(r["base"] for r in runs), 4),
+        ms_per_step_mean=round(1000 * statistics.mean(r["s_per_step"] for r in runs), 1),
+        generation_share=round(statistics.mean(r["generation_share"] for r in runs), 3),
+        loss_tokens_mean=round(statistics.mean(r["loss_tokens"] for r in runs)),
+    )
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -193,28 +266,31 @@ def main() -> None:
         teacher, teacher_accuracy, teacher_steps = train_teacher(tokenizer, tmp / "teacher", args)
         teacher_seconds = time.monotonic() - started
         pool = questions("train", args.pool)
-        answers = teacher_answers(teacher, tokenizer, pool)
+        answered = teacher_rows(teacher, tokenizer, pool, tmp / "teacher-trained")
+        rows = kd_rows(answered)
+        kept = [pool[int(row["id"])] for row in rows]
+        check_no_labels(rows, teacher_letters(teacher, tokenizer, kept), [q.answer for q in kept])
+        test = eval_rows(questions("test", args.test))
+        test_teacher = choice_accuracy(teacher, tokenizer, test)
         ctx = {"tmp": tmp, "tokenizer": tokenizer, "other_tokenizer": other, "teacher": teacher,
-               "rows": [chat(q, a) for q, a in zip(pool, answers)],
-               "test": eval_rows(questions("test", args.test))}
-        test_teacher = choice_accuracy(teacher, tokenizer, ctx["test"])
+               "rows": rows, "test": test, "teacher_test": test_teacher,
+               # The baseline: the same questions with their labels.
+               "labelled": [chat(q, q.answer) for q in kept]}
+        wrong = sum(parse_choice(r["messages"][-1]["content"]) != r["label"] for r in answered)
         print(f"teacher: val {teacher_accuracy:.3f} test {test_teacher:.3f} after "
-              f"{teacher_steps} steps ({teacher_seconds:.0f}s)", flush=True)
+              f"{teacher_steps} steps ({teacher_seconds:.0f}s); {len(rows)} of {len(pool)} pool "
+              f"answers kept, {wrong} of them wrong by the labels", flush=True)
         figures: dict[str, dict[str, float]] = {}
         for mode in args.modes.split(","):
             runs = []
             for seed in range(args.seeds):
                 result = run_mode(mode, seed, ctx, args)
-                print(f"{mode:16s} seed {seed}: accuracy {result['accuracy']:.3f} "
-                      f"{result['s_per_step'] * 1000:.0f} ms/step", flush=True)
+                print(f"{mode:16s} seed {seed}: accuracy {result['accuracy']:.3f} (base "
+                      f"{result['base']:.3f}) {result['s_per_step'] * 1000:.0f} ms/step", flush=True)
                 runs.append(result)
-            figures[mode] = {
-                "accuracy_mean": round(statistics.mean(r["accuracy"] for r in runs), 4),
-                "accuracy_per_seed": [round(r["accuracy"], 4) for r in runs],
-                "ms_per_step_mean": round(1000 * statistics.mean(r["s_per_step"] for r in runs), 1),
-                "generation_share": round(statistics.mean(r["generation_share"] for r in runs), 3),
-            }
-        figures["teacher"] = {"test_accuracy": round(test_teacher, 4), "steps": teacher_steps}
+            figures[mode] = summary(runs)
+        figures["teacher"] = {"test_accuracy": round(test_teacher, 4), "steps": teacher_steps,
+                              "pool_kept": len(rows), "pool_wrong": wrong}
     print(json.dumps({"benchmark": "kd_modes", "figures": figures,
                       "params": {**vars(args), "threads": torch.get_num_threads()}}))
 
