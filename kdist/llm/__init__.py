@@ -1,5 +1,6 @@
-"""Model backends, one kind per module (hf, openai, azure, vllm), and the one batch-inference
-function every model role uses (kdist.llm.batch): the teacher, the judge, evaluated models.
+"""Model backends, one kind per module (hf, openai, azure, vllm, openai_batch), and the one
+batch-inference function every model role uses (kdist.llm.batch): the teacher, the judge,
+evaluated models.
 """
 
 from __future__ import annotations
@@ -26,4 +27,6 @@ def build_backend(endpoint: Endpoint) -> Backend:
         from kdist.llm.azure import AzureBackend
 
         return AzureBackend(endpoint)  # type: ignore[arg-type]
-    raise ValueError(f"kind '{endpoint.kind}' has no per-batch backend (it runs as a dataset stage)")
+    raise ValueError(
+        f"kind '{endpoint.kind}' has no per-batch backend (vllm runs as a dataset stage, openai_batch from the driver)"
+    )
