@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 
 from kdist import storage
+from kdist.config import HostedTrainSection
 from kdist.endpoints import Endpoint, RemoteEndpoint
 from kdist.errors import UsageError
 from kdist.stages import BY_NAME, StageContext
@@ -58,12 +59,13 @@ def check_location(field: str, location: str, hub_id_allowed: bool) -> None:
     raise UsageError(f"{field}: {location} does not exist; expected a local path or a URI{allowed}")
 
 
-def check_credentials(endpoint: Endpoint, role: str) -> None:
+def check_credentials(endpoint: Endpoint | HostedTrainSection, role: str) -> None:
     """A key variable that is named but not set would fail every worker, or every row with a
-    401: say so before any work."""
-    if isinstance(endpoint, RemoteEndpoint) and endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
+    401, or a hosted fine-tuning after hours of generation: say so before any work."""
+    key_env = endpoint.api_key_env if isinstance(endpoint, RemoteEndpoint | HostedTrainSection) else None
+    if key_env and not os.environ.get(key_env):
         raise UsageError(
-            f"{role}.api_key_env names {endpoint.api_key_env}, which is not set in this environment "
+            f"{role}.api_key_env names {key_env}, which is not set in this environment "
             "(set it, e.g. from a Kubernetes Secret, or remove api_key_env to use Entra ID on Azure)"
         )
 

@@ -17,7 +17,7 @@ import openai
 import pyarrow as pa
 import pytest
 
-from kdist import storage
+from kdist import preflight, storage
 from kdist.config import ConfigError, EvaluatedModel, validate_config
 from kdist.errors import UsageError
 from kdist.export import chat_jsonl, chat_record
@@ -188,12 +188,18 @@ def test_azure_openai_fine_tunes_through_its_routes(tmp_path):
         assert server.stats()["fine_tuning"]["created"] == 1
 
 
-def test_an_unset_key_variable_is_a_one_line_error(tmp_path, monkeypatch):
+def test_an_unset_key_variable_is_a_one_line_error_before_any_work(tmp_path, monkeypatch):
     with _server() as server:
-        context = _config(tmp_path, server)
+        context = _config(tmp_path, server, base_model="gpt-4o-mini")
+        for upstream in ("prepare", "filter"):
+            storage.mark_done(context.dir(upstream), "done", {})
+        preflight.check_run(context, ["train"])  # the key is set; student.model is not needed
         monkeypatch.delenv(KEY_ENV)
+        with pytest.raises(UsageError, match=rf"^train\.hosted\.api_key_env names {KEY_ENV}, which is not set in this environment"):
+            preflight.check_run(context, ["train"])
         with pytest.raises(UsageError, match=rf"^train\.hosted\.api_key_env names {KEY_ENV}, which is not set$"):
             train_stage.run(context)
+        assert server.stats()["files"]["uploads"] == 0
 
 
 @pytest.mark.parametrize(
