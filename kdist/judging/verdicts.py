@@ -65,7 +65,7 @@ def parse_verdict(text: str | None) -> str | None:
     candidate = str(found[0]) if found is not None else None
     if candidate is None:
         labelled = _VERDICT_WORD.findall(text)
-        candidate = labelled[-1] if labelled else text.strip().strip("[]().*\"'")
+        candidate = labelled[-1] if labelled else text
     candidate = candidate.strip().strip("[]().*\"'").lower()
     return {"a": "A", "b": "B", "tie": "tie"}.get(candidate)
 

@@ -26,3 +26,8 @@ def test_a_constant_judge_has_no_correlation():
     result = judge_agreement([1.0, 1.0, 1.0], [0.9, 0.1, 0.95])
     assert result["pearson"] is None and result["spearman"] is None
     assert result["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_scores_of_unequal_length_are_refused_saying_both_lengths():
+    with pytest.raises(ValueError, match="^3 predicted scores for 2 reference scores$"):
+        judge_agreement([0.5, 1.0, 0.0], [1.0, 0.0])

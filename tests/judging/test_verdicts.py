@@ -54,6 +54,8 @@ def test_rationale_and_normalisation():
         ("I like both A and B", None),
         ("", None),
         ('{"verdict": "C"}', None),
+        ('{"verdict": "(A)"}', "A"),
+        ("(B)", "B"),
     ],
 )
 def test_pairwise_verdicts(text, verdict):
