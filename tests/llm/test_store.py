@@ -122,11 +122,12 @@ def test_corrupt_shards_are_set_aside_naming_them_and_only_their_rows_go_missing
         _corrupt(Path(by_tag[how]), how)
     with caplog.at_level(logging.WARNING, logger="kdist.llm.store"):
         moved = store.set_aside_corrupt()
-    assert len(moved) == 3 and all("/corrupt/" in path and path.endswith(".parquet.corrupt") for path in moved)
+    targets = {how: str(tmp_path / "corrupt" / (Path(by_tag[how]).name + ".corrupt")) for how in ("truncated", "footer", "flipped")}
+    assert sorted(moved) == sorted(targets.values()) and all(Path(path).is_file() for path in moved)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 3 and all("\n" not in w for w in warnings)
-    for how in ("truncated", "footer", "flipped"):
-        assert any(by_tag[how] in w for w in warnings)
+    for how in ("truncated", "footer", "flipped"):  # each names the shard, what is wrong, and where it went
+        assert any(by_tag[how] in w and targets[how] in w and "is corrupt (" in w for w in warnings)
     assert store.shard_paths() == [by_tag["good"]]
     assert sorted(store.read_all(["id"])["id"].to_pylist()) == sorted(f"good-{i}" for i in range(20))
     assert store.set_aside_corrupt() == []
