@@ -76,6 +76,9 @@ def test_padding_without_packing_pads_each_batch_to_its_longest():
     stats = padding_without_packing([2, 4, 3, 3], batch_size=2, seq_len=10)
     assert stats.total_tokens == 2 * 4 + 2 * 3
     assert stats.padding_fraction == pytest.approx(1 - 12 / 14)
+    assert (stats.examples, stats.rows, stats.real_tokens) == (4, 4, 12)  # one row an example
+    # rows longer than seq_len count as cut to it
+    assert padding_without_packing([12, 3], batch_size=2, seq_len=10).real_tokens == 13
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
