@@ -322,9 +322,10 @@ class KDSection(Section):
     # Sequence-level KD: also train on the ground-truth answer for this fraction of the rows
     # whose prompt has a reference (0: teacher answers only).
     ground_truth_mix: float = Field(default=0.0, ge=0.0, le=1.0)
-    # Logit KD between different vocabularies (online teacher): uld compares sorted probability
-    # vectors, align maps the teacher's probabilities onto the student's tokens of the same
-    # string; both at positions where the two tokenizations start at the same character.
+    # Logit KD between different vocabularies: uld compares sorted probability vectors, align
+    # maps the teacher's probabilities onto the student's tokens of the same string; both at
+    # positions where the two tokenizations start at the same character. Online, or offline
+    # from top-k stored as strings with offsets (an OpenAI-format teacher naming tokens by text).
     cross_tokenizer: Literal["uld", "align"] | None = None
     on_policy: OnPolicySection = Field(default_factory=OnPolicySection)
 
@@ -349,10 +350,6 @@ class KDSection(Section):
         if self.cross_tokenizer and self.mode != "logit":
             raise ValueError(f"train.kd.cross_tokenizer works with train.kd.mode logit (not "
                              f"{self.mode})")
-        if self.cross_tokenizer and self.teacher_logits != "online":
-            raise ValueError("train.kd.cross_tokenizer needs train.kd.teacher_logits online: "
-                             "offline top-k across tokenizers needs the teacher's token strings "
-                             "and character offsets, which generate does not store yet")
         if self.cross_tokenizer and self.ground_truth_mix:
             raise ValueError("train.kd.ground_truth_mix is not supported with "
                              "train.kd.cross_tokenizer; set it to 0")

@@ -22,8 +22,14 @@ PROMPT_SCHEMA = pa.schema(
     ]
 )
 
+# One entry per generated token: the k alternatives as the teacher's ids (token_ids), or, from
+# an OpenAI-format server that names tokens by text, as strings (tokens) with the generated
+# token's string and the character of the answer where it starts (offset; null inside a
+# character): what logit KD across tokenizers aligns by. Stores written before have nulls there.
 TOP_LOGPROBS = pa.list_(
-    pa.struct([("token_ids", pa.list_(pa.int64())), ("logprobs", pa.list_(pa.float32()))])
+    pa.struct([("token_ids", pa.list_(pa.int64())), ("logprobs", pa.list_(pa.float32())),
+               ("tokens", pa.list_(pa.string())), ("token", pa.string()),
+               ("offset", pa.int64())])
 )
 
 # The batch-inference layer's output (kdist.llm): generate -> responses/, and every other

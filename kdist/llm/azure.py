@@ -95,6 +95,6 @@ class AzureBackend(RemoteBackend):
             finish_reason=finish,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
-            top_logprobs=top_logprobs_from_openai(logprobs),
+            top_logprobs=top_logprobs_from_openai(logprobs, choice.message.content),
             status=200,
         )

@@ -111,7 +111,7 @@ def response_from_completion(completion: dict[str, Any], request: ChatRequest, m
         finish_reason=choice.get("finish_reason"),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        top_logprobs=top_logprobs_from_openai((choice.get("logprobs") or {}).get("content")),
+        top_logprobs=top_logprobs_from_openai((choice.get("logprobs") or {}).get("content"), text),
         status=status,
     )
 

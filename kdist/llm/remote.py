@@ -89,25 +89,70 @@ def sampling_params(endpoint: RemoteEndpoint) -> dict[str, Any]:
     return {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
 
 
-def top_logprobs_from_openai(content: list[dict[str, Any]] | None) -> list[dict[str, list[Any]]] | None:
-    """OpenAI-format logprobs -> [{"token_ids": [...k], "logprobs": [...k]}] per token.
+def top_logprobs_from_openai(content: list[dict[str, Any]] | None,
+                             text: str | None = None) -> list[dict[str, Any]] | None:
+    """OpenAI-format logprobs -> one entry per generated token (kdist.rows.TOP_LOGPROBS).
 
-    Token ids are only known when the server names tokens 'token_id:N' (vLLM with
-    return_tokens_as_token_ids); text tokens cannot be mapped to ids, so they give None.
+    When the server names tokens 'token_id:N' (vLLM with return_tokens_as_token_ids), the
+    entry holds the alternatives' ids. Otherwise it holds their strings (`tokens`), the
+    generated token's string (`token`) and the character of `text` (the answer) where that
+    token starts (`offset`): what logit KD across tokenizers needs to align the teacher's
+    tokens with the student's (kdist.train.offline_cross). Ids are left empty then: text
+    cannot be mapped back to the teacher's ids.
     """
     if not content:
         return None
+    if any(str(alt.get("token", "")).startswith("token_id:")
+           for position in content for alt in position.get("top_logprobs") or []):
+        return _id_entries(content)
+    offsets = _char_offsets([_token_bytes(position) for position in content], text or "")
+    return [{"token_ids": [],
+             "tokens": [str(alt.get("token", "")) for alt in position.get("top_logprobs") or []],
+             "logprobs": [float(alt.get("logprob", 0.0)) for alt in position.get("top_logprobs") or []],
+             "token": str(position.get("token", "")), "offset": offset}
+            for position, offset in zip(content, offsets)]
+
+
+def _id_entries(content: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     steps = []
     for position in content:
         ids, values = [], []
         for alternative in position.get("top_logprobs") or []:
             token = str(alternative.get("token", ""))
             if not token.startswith("token_id:"):
-                return None
+                return None  # ids and text mixed: neither can be trusted
             ids.append(int(token.split(":", 1)[1]))
             values.append(float(alternative.get("logprob", 0.0)))
         steps.append({"token_ids": ids, "logprobs": values})
     return steps
+
+
+def _token_bytes(position: dict[str, Any]) -> bytes:
+    """The token's UTF-8 bytes: the `bytes` field where the server sends it (a byte-level
+    token may be part of a character, which its string cannot show), else its string."""
+    raw = position.get("bytes")
+    return bytes(raw) if raw is not None else str(position.get("token", "")).encode()
+
+
+def _char_offsets(pieces: list[bytes], text: str) -> list[int | None]:
+    """Per token, the character of `text` where it starts; None where it starts inside a
+    character, and for every token from the first one that does not match `text` on (the
+    answer was changed after generation, or the server's tokens do not spell it)."""
+    encoded = text.encode()
+    char_at = {}  # byte offset of each character's start -> character index
+    position = 0
+    for index, char in enumerate(text):
+        char_at[position] = index
+        position += len(char.encode())
+    char_at[len(encoded)] = len(text)
+    offsets: list[int | None] = []
+    position = 0
+    for piece in pieces:
+        if encoded[position:position + len(piece)] != piece:
+            return offsets + [None] * (len(pieces) - len(offsets))
+        offsets.append(char_at.get(position))
+        position += len(piece)
+    return offsets
 
 
 class RemoteBackend:

@@ -363,10 +363,13 @@ def _completion(body: dict[str, Any], messages: list[dict[str, Any]], model: str
 
 
 def _logprobs(words: list[str], k: int, as_ids: bool) -> list[dict[str, Any]]:
-    """Deterministic top-k per generated word: the word itself first, then made-up rivals."""
+    """Deterministic top-k per generated word: the word itself first, then made-up rivals.
+    As text, a token is its word with the space before it (but the first), so that the tokens
+    spell the answer as a real server's do."""
     entries = []
-    for word in words:
+    for index, word in enumerate(words):
         base = int(hashlib.sha256(word.encode()).hexdigest()[:6], 16) % 50000
+        word = word if index == 0 else " " + word
         tops = [(base + rank * 7, word if rank == 0 else f"{word}~{rank}", -0.1 - rank) for rank in range(max(k, 1))]
         name = (lambda tid, text: f"token_id:{tid}" if as_ids else text)
         entries.append(

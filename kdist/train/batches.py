@@ -9,7 +9,9 @@
 - Packing (train.packing) puts several examples in each row of max_seq_len tokens.
 - Cross-tokenizer logit KD: each row is also tokenized for the teacher, with the alignment of
   the two (kdist.train.cross_tokenizer); batches then carry teacher_input_ids,
-  teacher_attention_mask and align.
+  teacher_attention_mask and align. Offline (stored top-k as strings), the teacher's entries
+  are laid on the student's positions by the same alignment, as student ids (align) or bare
+  probabilities (uld).
 
 Every rank reads all rows and takes its own equal-sized shard with a seeded DistributedSampler,
 so all ranks run the same number of steps and meet in every collective; an epoch's order is a
@@ -95,6 +97,25 @@ def build_pair_examples(rows: list[dict[str, Any]], tokenizer, teacher_tokenizer
                      teacher_pad_id=teacher_tokenizer.pad_token_id
                      if teacher_tokenizer.pad_token_id is not None
                      else teacher_tokenizer.eos_token_id)
+
+
+def build_stored_cross_examples(rows: list[dict[str, Any]], tokenizer, max_seq_len: int,
+                                cross: str) -> tuple[list[dict[str, Any]], int, int]:
+    """Offline logit KD across tokenizers: (examples, k, rows without any aligned entry). Each
+    row's stored top-k strings are laid on the student's positions that start where a teacher
+    token starts (kdist.train.cross_tokenizer.student_topk); other positions get CE only."""
+    from kdist.train.cross_tokenizer import ids_by_text, student_topk
+
+    student_ids = ids_by_text(tokenizer) if cross == "align" else {}
+    built = [student_topk(tokenizer, row["messages"], row.get("top_logprobs") or [],
+                          max_seq_len, cross, student_ids) for row in rows]
+    k = max((len(ids) for _, per_position, _ in built for ids in per_position), default=0)
+    examples = [{"input_ids": example.input_ids, "labels": example.labels,
+                 "topk_ids": [ids + [-1] * (k - len(ids)) for ids in per_position],
+                 "topk_logprobs": [values + [0.0] * (k - len(values)) for values in logprobs]}
+                for example, per_position, logprobs in built]
+    missing = sum(not any(per_position) for _, per_position, _ in built)
+    return examples, k, missing
 
 
 def _topk_fields(labels: list[int], entries: list[dict[str, list]], k: int) -> dict[str, Any]:

@@ -15,11 +15,18 @@ too when both tokenizations break there.
 Vocabularies. For `align`, a teacher token maps to the student token of the same string
 (byte-level markers and SentencePiece's word marker read as the space they stand for), and the
 teacher's end-of-turn token to the student's.
+
+Offline (stored top-k from an OpenAI-format server, kdist.llm.remote): the teacher's tokens are
+known by their strings and the character where each starts in the answer, which is the
+assistant content of the training row; the same span groups give the positions, and the
+alternatives' strings map onto the student's ids of the same text (student_topk).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from kdist.train.examples import IGNORE_INDEX, render_chat, tokenize_chat
@@ -129,9 +136,7 @@ def _content_ends(tokenizer, messages, content: str) -> tuple[int, list[int]] | 
 def vocabulary_map(teacher_tokenizer, student_tokenizer, teacher_size: int) -> torch.Tensor:
     """[teacher_size] long: for each teacher id the student id of the same string, or -1
     (teacher head rows past its tokenizer map to nothing)."""
-    student_ids = {}
-    for token, index in sorted(student_tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
-        student_ids.setdefault(token_text(student_tokenizer, token), index)
+    student_ids = ids_by_text(student_tokenizer)
     mapping = torch.full((teacher_size,), -1, dtype=torch.long)
     for token, index in teacher_tokenizer.get_vocab().items():
         if index < teacher_size:
@@ -140,6 +145,14 @@ def vocabulary_map(teacher_tokenizer, student_tokenizer, teacher_size: int) -> t
     if end_t is not None and end_s is not None and end_t < teacher_size:
         mapping[end_t] = end_s  # the end of turn is the same event whatever its spelling
     return mapping
+
+
+def ids_by_text(tokenizer) -> dict[str | None, int]:
+    """The text each vocabulary entry stands for -> its id (the lowest id of a text)."""
+    ids: dict[str | None, int] = {}
+    for token, index in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        ids.setdefault(token_text(tokenizer, token), index)
+    return ids
 
 
 def token_text(tokenizer, token: str) -> str | None:
@@ -156,3 +169,48 @@ def token_text(tokenizer, token: str) -> str | None:
 def vocabulary_overlap(mapping: torch.Tensor) -> float:
     """The fraction of teacher ids with a student counterpart (reported at the start)."""
     return float((mapping >= 0).float().mean()) if mapping.numel() else 0.0
+
+
+# --- offline: the teacher's stored top-k strings on the student's tokens -----------------------
+
+
+def student_topk(student_tokenizer, messages: list[dict[str, str]], entries: list[dict],
+                 max_len: int, cross: str, student_ids: dict) -> tuple[Any, list, list]:
+    """(the student's example, and per student position the teacher's alternatives as
+    (ids, logprobs) lists, empty where the position has no teacher entry).
+
+    align: each alternative's string becomes the student id of the same text; alternatives of
+    one text are merged (their probabilities summed), those with no student token dropped (the
+    tail bucket holds their mass). uld: the stored probabilities alone; id 0 only marks a slot.
+    """
+    example = tokenize_chat(student_tokenizer, messages, max_len)
+    slots: list[tuple[list[int], list[float]]] = [([], [])] * len(example.input_ids)
+    content = messages[-1]["content"]
+    student = _content_ends(student_tokenizer, messages, content)
+    starts = [(index, entry["offset"]) for index, entry in enumerate(entries)
+              if entry.get("offset") is not None and entry.get("tokens")]
+    if student is None or not starts:
+        return example, [s[0] for s in slots], [s[1] for s in slots]
+    first, student_ends = student
+    # A teacher token ends where the next one starts (one starting inside a character, with no
+    # offset, is part of the token before it); the last one ends with its string.
+    ends = [start for _, start in starts[1:]]
+    ends.append(starts[-1][1] + len(entries[starts[-1][0]].get("token") or ""))
+    for s_index, t_index in enumerate(aligned_positions(ends, student_ends)):
+        position = example.answer_start + first + s_index
+        if t_index >= 0 and position < len(example.labels) and example.labels[position] != IGNORE_INDEX:
+            entry = entries[starts[t_index][0]]
+            slots[position] = _alternatives(entry["tokens"], entry["logprobs"], cross, student_ids)
+    return example, [s[0] for s in slots], [s[1] for s in slots]
+
+
+def _alternatives(tokens: list[str], logprobs: list[float], cross: str,
+                  student_ids: dict) -> tuple[list[int], list[float]]:
+    if cross == "uld":
+        return [0] * len(logprobs), [float(x) for x in logprobs]
+    merged: dict[int, list[float]] = {}
+    for text, value in zip(tokens, logprobs):
+        if text in student_ids:
+            merged.setdefault(student_ids[text], []).append(float(value))
+    ids = sorted(merged)
+    return ids, [float(torch.logsumexp(torch.tensor(merged[i], dtype=torch.float64), 0)) for i in ids]

@@ -319,6 +319,8 @@ def _load_teacher(spec: TrainSpec, section: TrainSection, tokenizer, student) ->
 
     student_size = student.get_output_embeddings().weight.shape[0]
     teacher_dir = spec.teacher_model_dir
+    if section.kd.teacher_logits == "offline" and section.kd.cross_tokenizer:
+        return TeacherSide()  # the stored strings are mapped onto the student's vocabulary
     if section.kd.teacher_logits == "offline":
         teacher_tokenizer = _local_tokenizer(teacher_dir) or hub_tokenizer(teacher_dir)
         if teacher_tokenizer is None:
@@ -397,13 +399,19 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
 
 
 def _train_data(spec: TrainSpec, section: TrainSection, tokenizer, teacher_tokenizer=None):
-    from kdist.train.batches import build_examples, build_pair_examples, prepare
+    from kdist.train.batches import (build_examples, build_pair_examples,
+                                     build_stored_cross_examples, prepare)
 
     rows = _read_rows(spec.train_path)
+    offline = section.kd.mode == "logit" and section.kd.teacher_logits == "offline"
+    if section.kd.cross_tokenizer and offline:
+        examples, k, missing = build_stored_cross_examples(rows, tokenizer, section.max_seq_len,
+                                                           section.kd.cross_tokenizer)
+        _check_stored_strings(spec, k, missing, len(rows))
+        return prepare(examples, tokenizer.pad_token_id, k, packing=False, seq_len=0)
     if section.kd.cross_tokenizer:  # each row in both tokenizations (config: no packing)
         return build_pair_examples(rows, tokenizer, teacher_tokenizer, section.max_seq_len,
                                    log_summary=True)
-    offline = section.kd.mode == "logit" and section.kd.teacher_logits == "offline"
     ground_truth = _ground_truth(spec.prompts_path) if section.kd.ground_truth_mix else None
     examples, k, missing = build_examples(rows, tokenizer, section.max_seq_len, topk=offline,
                                           ground_truth=ground_truth,
@@ -424,6 +432,18 @@ def _check_offline_topk(spec: TrainSpec, k: int, missing: int, rows: int, tokeni
                     missing, rows)
 
 
+def _check_stored_strings(spec: TrainSpec, k: int, missing: int, rows: int) -> None:
+    if k == 0:
+        raise ValueError(f"{spec.train_path}: train.kd.cross_tokenizer with offline top-k needs "
+                         "the teacher's token strings and offsets, and no row has any aligned "
+                         "with the student's tokens; rerun generate against an OpenAI-format "
+                         "teacher without request_extras.return_tokens_as_token_ids, or use "
+                         "train.kd.teacher_logits online")
+    if missing:
+        log.warning("offline cross-tokenizer KD: %d of %d rows have no top-k aligned with the "
+                    "student's tokens; they train on CE only", missing, rows)
+
+
 def _ground_truth(prompts_path: str | None) -> dict[str, str]:
     if not prompts_path:
         raise ValueError("train.kd.ground_truth_mix needs the prompts (run prepare first)")
@@ -434,15 +454,22 @@ def _ground_truth(prompts_path: str | None) -> dict[str, str]:
 
 
 def _eval_data(spec: TrainSpec, section: TrainSection, tokenizer, teacher_tokenizer=None):
-    from kdist.train.batches import build_examples, build_pair_examples, prepare
+    from kdist.train.batches import (build_examples, build_pair_examples,
+                                     build_stored_cross_examples, prepare)
 
     if not spec.eval_path:
         return None
+    offline = section.kd.mode == "logit" and section.kd.teacher_logits == "offline"
+    if section.kd.cross_tokenizer and offline:
+        examples, k, _ = build_stored_cross_examples(_read_rows(spec.eval_path), tokenizer,
+                                                     section.max_seq_len,
+                                                     section.kd.cross_tokenizer)
+        return prepare(examples, tokenizer.pad_token_id, k, packing=False,
+                       seq_len=0) if examples else None
     if section.kd.cross_tokenizer:
         data = build_pair_examples(_read_rows(spec.eval_path), tokenizer, teacher_tokenizer,
                                    section.max_seq_len)
         return data if data.examples else None
-    offline = section.kd.mode == "logit" and section.kd.teacher_logits == "offline"
     examples, k, _ = build_examples(_read_rows(spec.eval_path), tokenizer, section.max_seq_len,
                                     topk=offline)
     return prepare(examples, tokenizer.pad_token_id, k, packing=False,

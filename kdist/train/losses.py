@@ -58,6 +58,11 @@ same text; other positions get CE only):
   divergence compares the categories "each student id that some teacher id maps to" plus
   one tail bucket (teacher: its mass on unmapped ids; student: its mass on ids no teacher id
   maps to), the bucket scheme of offline top-k with exact full distributions at any T.
+
+Offline across tokenizers (stored top-k as strings, KDParams.cross with a TopK): `align` maps
+the strings onto student ids before the loss (kdist.train.cross_tokenizer.student_topk) and is
+then plain offline top-k KD with its tail; `uld` compares the k sorted stored probabilities
+plus the teacher's tail with the student's k largest plus its tail (_topk_uld).
 """
 
 from __future__ import annotations
@@ -219,7 +224,9 @@ def _chunk_sums(
     ce_sum = F.cross_entropy(student_logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     if teacher is None or params.alpha == 1.0:
         return ce_sum, student_logits.new_zeros(())
-    if isinstance(teacher, TopK):
+    if isinstance(teacher, TopK) and params.cross == "uld":
+        per_token = _topk_uld(student_logits, teacher, params)
+    elif isinstance(teacher, TopK):
         per_token = _topk_divergence(student_logits, teacher, params)
     elif isinstance(teacher, CrossLogits):
         per_token = _cross_divergence(student_logits, teacher, params)
@@ -267,6 +274,32 @@ def _topk_divergence(student_logits: torch.Tensor, topk: TopK, params: KDParams)
     )
     # A token with no stored top-k at all carries no teacher signal.
     return per_token * (topk.token_ids >= 0).any(-1)
+
+
+def _topk_uld(student_logits: torch.Tensor, topk: TopK, params: KDParams) -> torch.Tensor:
+    """ULD on stored top-k (teacher with another vocabulary, offline): per token with n stored
+    probabilities, the teacher's n largest (sorted) plus its tail 1 - sum against the student's
+    own n largest plus its tail, as (n+1)-category distributions at temperature T (as the
+    bucket tail does): sum_i |s_(i) - t_(i)| + |s_tail - t_tail|. Ids only mark stored slots."""
+    valid = topk.token_ids >= 0
+    teacher_logp = topk.logprobs.to(student_logits.dtype).masked_fill(~valid, -math.inf)
+    teacher_logp = teacher_logp.sort(-1, descending=True).values  # padding sorts last
+    student_logp = F.log_softmax(student_logits, dim=-1)
+    k = min(valid.shape[-1], student_logp.shape[-1])
+    student_top = student_logp.topk(k, -1).values
+    # Slots past the row's n go to each side's tail (valid is a prefix once sorted).
+    valid = valid.sort(-1, descending=True).values[:, :k]
+    student_top = student_top.masked_fill(~valid, -math.inf)
+    teacher_logp = teacher_logp[:, :k]
+    coarse = []
+    for logp in (teacher_logp, student_top):
+        tail = torch.logaddexp(_log1mexp(torch.logsumexp(logp, -1)), logp.new_tensor(_TAIL_FLOOR))
+        coarse.append(torch.cat([logp, tail[:, None]], -1))
+    full = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], -1)
+    t = params.temperature
+    teacher_p, student_p = (_masked_log_softmax(c / t, full).exp() for c in coarse)
+    per_token = ((student_p - teacher_p).abs() * full).sum(-1)
+    return per_token * valid.any(-1)
 
 
 def _cross_divergence(student_logits: torch.Tensor, teacher: CrossLogits,

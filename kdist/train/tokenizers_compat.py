@@ -4,7 +4,7 @@ Logit-level KD compares the two next-token distributions id by id. If the vocabu
 (a different size, or the same string under another id) the loss is computed between unrelated
 tokens and trains garbage without any error. So before logit KD we compare the tokenizers and
 the models' output sizes, and refuse with a message that says what differs and what works
-with any pair of models: cross-tokenizer logit KD (train.kd.cross_tokenizer, online teacher)
+with any pair of models: cross-tokenizer logit KD (train.kd.cross_tokenizer)
 and sequence-level KD (training on the teacher's text).
 """
 
@@ -43,7 +43,7 @@ def check_logit_kd_compatible(
     if problem is not None:
         raise VocabularyMismatch(
             f"logit-level KD needs teacher and student to share one vocabulary, but {problem}; "
-            "set train.kd.cross_tokenizer uld or align (online teacher) for logit KD across "
+            "set train.kd.cross_tokenizer uld or align for logit KD across "
             "vocabularies, or use sequence-level KD instead (train.kd.mode=sequence), which "
             "trains on the teacher's text and works with any tokenizers"
         )
@@ -64,14 +64,13 @@ def hub_tokenizer(teacher_model: str | None):
 
 def refuse_unchecked_topk(teacher_model: str | None) -> None:
     """Offline top-k from a teacher without a local tokenizer: its ids cannot be checked
-    against the student's vocabulary, and generate stores no token strings to map them."""
+    against the student's vocabulary (stored strings are used only across tokenizers)."""
     raise UsageError(
         f"train.kd.teacher_logits offline: no tokenizer could be loaded for teacher.model "
-        f"{teacher_model!r}, so its stored top-k token ids cannot be checked against the student's vocabulary "
-        "(generate stores no token strings to map them); give teacher.model as a local dir "
-        "or a reachable hub id, "
-        "or use train.kd.teacher_logits online with train.kd.cross_tokenizer uld or align, "
-        "or train.kd.mode sequence")
+        f"{teacher_model!r}, so its stored top-k token ids cannot be checked against the student's vocabulary"
+        "; give teacher.model as a local dir or a reachable hub id, or set "
+        "train.kd.cross_tokenizer uld or align (top-k stored as token strings, online or "
+        "offline), or train.kd.mode sequence")
 
 
 def _vocab_difference(teacher: dict[str, int], student: dict[str, int]) -> str | None:

@@ -88,7 +88,8 @@ def check_enough_rows(spec: TrainSpec) -> None:
 def check_vocabularies(spec: TrainSpec) -> None:
     """Before any worker starts: logit KD and on-policy KD need teacher and student to share a
     vocabulary (raises VocabularyMismatch, one line) unless train.kd.cross_tokenizer says how
-    to bridge them; offline top-k needs a teacher tokenizer to check its ids against. Reads
+    to bridge them; offline top-k needs a teacher tokenizer to check its ids against (or, across
+    tokenizers, the stored strings, checked by the workers). Reads
     tokenizers and configs only."""
     kd = spec.section().kd
     if kd.mode == "sequence":
@@ -99,6 +100,8 @@ def check_vocabularies(spec: TrainSpec) -> None:
                                                refuse_unchecked_topk)
 
     local = bool(spec.teacher_model_dir) and Path(spec.teacher_model_dir).is_dir()
+    if kd.teacher_logits == "offline" and kd.cross_tokenizer:
+        return  # stored strings, mapped onto the student's vocabulary: no teacher tokenizer
     if kd.teacher_logits == "offline":
         if not local and hub_tokenizer(spec.teacher_model_dir) is None:
             refuse_unchecked_topk(spec.teacher_model_dir)

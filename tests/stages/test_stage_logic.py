@@ -136,7 +136,8 @@ def test_only_train_and_validation_reach_sft_as_prompt_plus_teacher_answer():
         for row in part.to_pylist():
             assert row["messages"] == [{"role": "user", "content": f"question {row['id']}?"},
                                        {"role": "assistant", "content": f"answer {row['id']}"}]  # fmt: skip
-            assert row["top_logprobs"] == [{"token_ids": [7, 9], "logprobs": [-0.25, -1.5]}]
+            assert row["top_logprobs"] == [{"token_ids": [7, 9], "logprobs": [-0.25, -1.5],
+                                                "tokens": None, "token": None, "offset": None}]
     assert filter_stage.SFT_SPLITS == ("train", "validation")
 
 
