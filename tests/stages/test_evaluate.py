@@ -72,8 +72,6 @@ JUDGE = ("Verdict: {{ 'tie' if (answer_a|length < 3) == (answer_b|length < 3) el
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="fails as of 2026-12-02 14:44: the remote student's 12 requests never reached the loopback "
-                         "server (0 requests, an empty store), so nothing was compared; not yet diagnosed (issue 13)")
 @pytest.mark.usefixtures("local_ray")
 def test_evaluate_scores_compares_and_reports(tmp_path, tiny_model_dir):
     from kdist.stages.evaluate import run
@@ -86,7 +84,8 @@ def test_evaluate_scores_compares_and_reports(tmp_path, tiny_model_dir):
          "response": p["reference"] if n >= 2 else "no idea", "prompt_tokens": 40, "completion_tokens": 1,
          "seconds": 0.5, "attempts": 1} for n, p in enumerate(prompts)], schema=RESPONSE_SCHEMA), "r0")  # fmt: skip
     (tmp_path / "student").mkdir()
-    (tmp_path / "student" / "hosted.json").write_text(json.dumps({"model": "ft:tiny-student"}))
+    # Not an `ft:` name: the loopback server answers those only for a fine-tuning job it ran.
+    (tmp_path / "student" / "hosted.json").write_text(json.dumps({"model": "tiny-student"}))
     (tmp_path / "student" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3)))
     (tmp_path / "judge.j2").write_text(JUDGE)
     base_model = tmp_path / "base-model"
@@ -114,7 +113,7 @@ def test_evaluate_scores_compares_and_reports(tmp_path, tiny_model_dir):
     expected = sum(deterministic_answer(p["messages"]) == p["reference"] for p in prompts) / 12
     assert metrics["accuracy"]["student"] == pytest.approx(expected, abs=1e-4)
     assert metrics["accuracy"]["teacher"] == pytest.approx(10 / 12, abs=1e-4)
-    assert metrics["models"]["student"]["label"] == "openai:ft:tiny-student"
+    assert metrics["models"]["student"]["label"] == "openai:tiny-student"
     assert metrics["chance"] == {"accuracy": 0.2}
     base, student, teacher = (metrics["metrics"][m]["accuracy"] for m in ("base", "student", "teacher"))
     assert metrics["recovered"]["accuracy"] == pytest.approx((student - base) / (teacher - base), abs=1e-3)
