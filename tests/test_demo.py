@@ -22,10 +22,12 @@ def run_demo(out_dir, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=1200)
 
 
-# The shipped demo, stopped a little earlier and evaluated on fewer rows (a minute less of the
-# suite); the flow and the models are the same.
+# The shipped demo, stopped a little earlier and evaluated on fewer rows, and without its
+# pairwise judge: training the judge and its comparisons in both orders took the test from about
+# 6 to 16 minutes on 2 cores (measured 2026-12-02), more than the suite can spend on it. The
+# judge's verdicts are checked by tests/test_demo_judge.py and its figures in benchmarks/RESULTS.md.
 QUICKER = ["demo.teacher_train.target_accuracy=0.85", "train.target_accuracy=0.85",
-           "demo.judge_train.target_accuracy=0.9", "data.source.test=200"]
+           "demo.judge_train=null", "evaluate.judge=null", "data.source.test=200"]
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
@@ -52,13 +54,8 @@ def test_demo_distils_then_resumes_without_redoing_stages(tmp_path):
     # untrained base could not do.
     assert accuracy["teacher"] >= 0.6
     assert accuracy["student"] >= accuracy["base"] + 0.3
-    # The demo's own judge, asked in both orders, prefers the distilled student to the base,
-    # and picks the right answer where exactly one of the two is right.
-    versus_base = metrics["comparisons"]["student_vs_base"]
-    assert versus_base["n"] >= 150  # of 200: few unreadable verdicts
-    assert versus_base["win_rate"] >= 0.8
-    assert versus_base["judge_accuracy"] >= 0.7
-    assert "judge, student vs base" in first.stdout and "judge validation accuracy" in first.stdout
+    # Without a model judge nothing is compared (the rule judge compares nothing).
+    assert metrics["comparisons"] == {}
     # The report shows the figures of metrics.json.
     evaluation = json.loads((out / "eval" / "metrics.json").read_text())
     assert evaluation["accuracy"] == accuracy and evaluation["comparisons"] == metrics["comparisons"]
