@@ -334,7 +334,3 @@ class BatchOrchestrator:
 
     def _rows(self, record: BatchRecord) -> pa.Table:
         return storage.read_table(self._path(record.chunk, ".rows.parquet"), schema=REQUEST_INDEX_SCHEMA)
-
-
-# kdist.train.hosted imported this name before sync_client was shared; kept until it moves.
-_client = sync_client
