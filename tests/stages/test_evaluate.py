@@ -16,7 +16,7 @@ from kdist.llm.store import ResponseStore
 from kdist.rows import RESPONSE_SCHEMA
 from kdist.stages import StageContext, evaluation_judge
 from kdist.testing.llm_server import LLMServer, ServerSettings, deterministic_answer
-from tests.support.prompts import synthetic_prompts, write_prompts
+from support.prompts import synthetic_prompts, write_prompts
 
 BASE = {"teacher": {"model": "t"}, "student": {"model": "s"}}
 
