@@ -159,7 +159,7 @@ def _cost(plan: Plan, endpoint: Endpoint) -> dict[str, Any] | None:
         return None
 
     def cost(output_tokens: int) -> float:
-        return round((plan.input_tokens * prices.input_per_million_tokens + output_tokens * prices.output_per_million_tokens) / 1e6, 4)
+        return round(prices.cost(plan.input_tokens, output_tokens), 4)
 
     estimate = cost(plan.output_tokens_estimate) if plan.output_tokens_estimate is not None else None
     return {"low": cost(0), "high": cost(plan.output_tokens_max), "estimate": estimate, "currency": prices.currency}

@@ -365,8 +365,7 @@ def summarize(store: ResponseStore, run_id: str, prices: PriceSection | None) ->
 
 
 def _cost(prices: PriceSection, tokens: Counter[str]) -> float:
-    cost = tokens["prompt_tokens"] * prices.input_per_million_tokens + tokens["completion_tokens"] * prices.output_per_million_tokens
-    return round(cost / 1e6, 6)
+    return round(prices.cost(tokens["prompt_tokens"], tokens["completion_tokens"]), 6)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
