@@ -122,9 +122,14 @@ def test_zero2_lora_merged_equals_adapter(ray_cluster, tiny_model_dir, tmp_path)
     spec = spec_for(tmp_path, tiny_model_dir,
                     {"method": "lora", "zero_stage": 2, "lora": {"r": 4, "alpha": 8}},
                     sft_rows(64, 1), sft_rows(16, 2))
-    result = run_training(spec)
+    with Listeners() as listeners:
+        result = run_training(spec)
     out = Path(spec.out_dir)
     assert result["steps"] == 6 and result["method"] == "lora"
+    # A local run: the workers' rendezvous (rank 0's store, gloo) listens on loopback only.
+    assert listeners.seen, "no listening socket of a training worker was seen: the check saw nothing"
+    beyond = {ip: pids for ip, pids in listeners.seen.items() if not is_loopback(ip)}
+    assert not beyond, f"training workers listen beyond loopback: {beyond} (all seen: {listeners.seen})"
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "ce", "lr", "tokens_per_s", "padding_fraction", "loss_tokens"):
@@ -275,6 +280,46 @@ def test_online_kd_refuses_a_different_vocabulary(tiny_model_dir, tmp_path):
                     sft_rows(8, 1), sft_rows(4, 2), teacher_dir=other)
     with pytest.raises(VocabularyMismatch, match="use sequence-level KD instead"):
         run_training(spec)  # before any worker starts: no Ray needed
+
+
+class Listeners(threading.Thread):
+    """While the block runs: every address a Ray Train worker of this test listens on
+    (address -> pids), sampled every 0.1 s."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen: dict[str, set[int]] = {}
+        self.done = threading.Event()
+
+    def run(self):
+        import psutil
+
+        while not self.done.is_set():
+            for proc in _train_workers():
+                try:
+                    sockets = proc.net_connections(kind="inet")
+                except psutil.Error:
+                    continue
+                for sock in sockets:
+                    if sock.status == psutil.CONN_LISTEN:
+                        self.seen.setdefault(sock.laddr.ip, set()).add(proc.pid)
+            self.done.wait(0.1)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.join(timeout=5)
+
+
+def is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or address).is_loopback
 
 
 def _train_workers() -> list:
