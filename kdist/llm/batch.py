@@ -84,9 +84,11 @@ def run_inference(
         spent = _run_workers(todo, endpoint, store, run_id, ledger, label, expected_rows)
     # Logs a worker did not compact (one Ray Data stopped early) are this run's answers too.
     answer_log.recover(store)
+    copied = store.copy_shared_answers(run_id)
     dropped = store.drop_superseded(run_id)
     summary = summarize(store, run_id, getattr(endpoint, "prices", None))
     summary["duplicates_dropped"] = dropped
+    summary["copied"] = copied
     if spent is not None:
         summary["budget"] = {**spent, "not_asked": summary["missing"] if spent["stopped"] else 0}
     return InferenceResult(summary, store)
@@ -338,11 +340,13 @@ def summarize(store: ResponseStore, run_id: str, prices: PriceSection | None) ->
     for path, table in store.read_columns(columns):
         table = table.filter(pc.is_in(response_key(table), value_set=wanted))
         seen += table.num_rows
-        tokens = {name: pc.sum(table[name]).as_py() or 0 for name in ("prompt_tokens", "completion_tokens")}
-        totals.update(tokens)
         totals["done"] += table["error"].null_count
         errors = table["error"].drop_null().to_pylist()
         failed.update(error_reason(error) or "unknown" for error in errors)
+        # Copies of an answer given under another key (attempts 0) were neither asked nor paid.
+        table = table.filter(pc.not_equal(pc.fill_null(table["attempts"], 1), 0))
+        tokens = {name: pc.sum(table[name]).as_py() or 0 for name in ("prompt_tokens", "completion_tokens")}
+        totals.update(tokens)
         if f"/part-{run_id}-" in path:
             retried = pc.sum(pc.greater(pc.fill_null(table["attempts"], 1), 1)).as_py() or 0
             this_run.update(requested=table.num_rows, retried=retried, **tokens)

@@ -213,6 +213,53 @@ class ResponseStore:
         except (OSError, pa.ArrowException) as err:
             raise UsageError(f"request index {path} cannot be read ({_first_line(err)}); delete it and rerun") from None
 
+    # --- answers shared by keys ------------------------------------------------------------
+
+    def copy_shared_answers(self, run_id: str) -> int:
+        """Give every key that run `run_id` was asked for, and whose request was already
+        answered under another key, a copy of that answer under its own key; return how many.
+
+        Two keys can carry one request (two comparisons that render the same judge prompt,
+        one prompt under two ids): the done set is by request hash, so the second key is
+        never asked, and without the copy it would have no row. A copy is written as this
+        run's (it carries the current request hash) with `attempts` 0: nothing was asked for
+        it, and the summary counts neither a request nor tokens for it."""
+        requested = self.requested(run_id)
+        if not requested.num_rows:
+            return 0
+        answered = [
+            table.filter(pc.is_null(table["error"])).select(["id", "candidate", "request_hash"])
+            for _, table in self.read_columns(["id", "candidate", "request_hash", "error"])
+        ]
+        if not answered:
+            return 0
+        answered_table = pa.concat_tables(answered)
+        has_own = pc.is_in(_keyed_hash(requested), value_set=_keyed_hash(answered_table).combine_chunks())
+        wanted = requested.filter(pc.invert(has_own))
+        wanted = wanted.filter(pa.array(HashSet.of(answered_table["request_hash"]).contains(wanted["request_hash"])))
+        if not wanted.num_rows:
+            return 0
+        sources = self._first_answer_per_hash(pa.array(sorted(set(wanted["request_hash"].to_pylist())), pa.string()))
+        at = {hash_: index for index, hash_ in enumerate(sources["request_hash"].to_pylist())}
+        copies = sources.take(pa.array([at[hash_] for hash_ in wanted["request_hash"].to_pylist()], pa.int64()))
+        copies = copies.set_column(copies.schema.get_field_index("id"), "id", wanted["id"])
+        copies = copies.set_column(copies.schema.get_field_index("candidate"), "candidate", wanted["candidate"])
+        copies = copies.set_column(copies.schema.get_field_index("attempts"), "attempts", pa.array([0] * copies.num_rows, pa.int64()))
+        self.write_shard(copies, run_id, tag="copies")
+        return copies.num_rows
+
+    def _first_answer_per_hash(self, hashes: pa.Array) -> pa.Table:
+        """One successful stored row for each of `hashes` (the first found)."""
+        parts = [
+            table.filter(pc.and_(pc.is_null(table["error"]), pc.is_in(table["request_hash"], value_set=hashes)))
+            for table in (self._read(path) for path in self.shard_paths())
+        ]
+        found = pa.concat_tables(parts)
+        first: dict[str, int] = {}
+        for index, hash_ in enumerate(found["request_hash"].to_pylist()):
+            first.setdefault(hash_, index)
+        return found.take(pa.array(list(first.values()), pa.int64()))
+
     # --- compaction ------------------------------------------------------------------------
 
     def drop_superseded(self, run_id: str) -> int:
@@ -264,6 +311,11 @@ class ResponseStore:
     def _uri_of(self, path: str) -> str:
         """A path inside the store's filesystem back as a location kdist.storage takes."""
         return storage.join(self.answers_uri, path.rsplit("/", 1)[-1])
+
+
+def _keyed_hash(table: pa.Table) -> pa.Array:
+    """(id, candidate, request_hash) as one string column."""
+    return pc.binary_join_element_wise(response_key(table), table["request_hash"], "\x1f")
 
 
 def _checksummed_parquet(table: pa.Table) -> bytes:

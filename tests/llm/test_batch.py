@@ -48,6 +48,30 @@ def test_two_candidates_per_id_then_resume_asks_only_what_is_missing(tmp_path):
     assert result.responses().count() == 60
 
 
+def test_a_new_key_whose_request_was_answered_under_another_key_gets_that_answer_unasked(tmp_path):
+    """Two keys, one request (the same prompt under another candidate or id): the second key
+    is not asked again and still gets its row, counted as done but neither asked nor paid."""
+    import ray.data
+
+    store = str(tmp_path / "answers")
+    first, rows = _requests([f"q{i}" for i in range(6)], ["a"])
+    again = [{**row, "candidate": "b"} for row in rows] + [{**rows[0], "id": "q0-again"}]
+    with LLMServer(ServerSettings()) as server:
+        run_inference(first, _endpoint(server), store, expected_rows=6)
+        result = run_inference(ray.data.from_arrow(pa.Table.from_pylist(again)), _endpoint(server), store, expected_rows=7)
+        assert server.stats()["total"] == 6  # nothing asked twice
+    table = {(r["id"], r["candidate"]): r for r in result.store.read_all().to_pylist()}
+    assert len(table) == 13
+    for row in again:
+        copy, source = table[(row["id"], row["candidate"])], table[(row["id"].removesuffix("-again"), "a")]
+        assert copy["response"] == source["response"] and copy["request_hash"] == source["request_hash"]
+        assert copy["attempts"] == 0 and source["attempts"] == 1
+    summary = result.summary
+    assert (summary["requests"], summary["done"], summary["missing"], summary["copied"]) == (7, 7, 0, 7)
+    assert summary["this_run"] == {"requested": 0, "retried": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    assert summary["prompt_tokens"] == 0  # paid under the first keys, not in this request set
+
+
 def test_errors_are_rows_and_a_rerun_asks_only_them(tmp_path):
     plan = FaultPlan(permanent={"bad_request": 0.3}, seed=3)
     store = str(tmp_path / "answers")
