@@ -241,6 +241,17 @@ class JudgeRole(Section):
     rubric: Literal[SINGLE_RUBRICS] = "correctness"  # type: ignore[valid-type]
     template: str | None = None
     scale: Literal["0-1", "1-5"] = "1-5"
+    # Asks per answer: 1 (greedy by default); N > 1 asks N times at sampling.temperature and
+    # scores the mean of the parsable samples (kdist.stages.judge).
+    samples: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _samples_need_a_temperature(self) -> JudgeRole:
+        sampling = getattr(self, "sampling", None)
+        if self.samples > 1 and sampling is not None and sampling.temperature == 0:
+            raise ValueError(f"samples: {self.samples} at sampling.temperature 0 asks for one greedy answer "
+                             f"{self.samples} times; set sampling.temperature above 0, or samples: 1")
+        return self
 
 
 class RuleJudge(Section):

@@ -54,9 +54,14 @@ RESPONSE_SCHEMA = pa.schema(
     ]
 )
 
-# The rows handed to the batch-inference layer: what to ask, under which key.
-REQUEST_SCHEMA = pa.schema([("id", pa.string()), ("candidate", pa.string()), ("messages", pa.list_(MESSAGE))])
-REQUEST_COLUMNS = REQUEST_SCHEMA.names
+# The rows handed to the batch-inference layer: what to ask, under which key. `sample` (may be
+# left out) numbers the asks of one prompt sampled several times (a sampled judge): it is part
+# of the request hash, so each sample is a request of its own; null for a single ask (whose
+# hash is then what it was before samples existed).
+REQUEST_SCHEMA = pa.schema(
+    [("id", pa.string()), ("candidate", pa.string()), ("messages", pa.list_(MESSAGE)), ("sample", pa.int64())]
+)
+REQUEST_COLUMNS = ["id", "candidate", "messages"]  # what every request row must have
 
 # judge -> judgements/scores/: one row per judged answer, keyed (id, candidate). `raw_score`
 # is as the judge gave it (on its rubric's scale), `score` normalised to [0, 1]; both are null
@@ -72,7 +77,13 @@ JUDGEMENT_SCHEMA = pa.schema(
         ("score", pa.float64()),
         ("status", pa.string()),  # ok | unparsable | error
         ("rationale", pa.string()),
-        ("request_hash", pa.string()),  # of the judge's request (null for the rule)
+        # Of the judge's request (null for the rule); with judge.samples > 1, the samples'
+        # hashes in sample order, comma-separated.
+        ("request_hash", pa.string()),
+        # LLM judge: the parsed samples the score is the mean of, and the samples left out
+        # as unparsable (1 and 0 for one ok answer); null for the rule.
+        ("samples", pa.int64()),
+        ("unparsable_samples", pa.int64()),
     ]
 )
 

@@ -54,10 +54,12 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def request_hash(model: str, messages: list[dict[str, str]], sampling: dict[str, Any]) -> str:
-    """Stable id of what is asked: a rerun with the same hash is the same (paid) request."""
+def request_hash(model: str, messages: list[dict[str, str]], sampling: dict[str, Any], sample: int | None = None) -> str:
+    """Stable id of what is asked: a rerun with the same hash is the same (paid) request.
+    `sample` numbers the asks of one sampled prompt; None (a single ask) leaves it out."""
+    sample_part = {} if sample is None else {"sample": sample}
     canonical = json.dumps(
-        {"model": model, "messages": messages, "sampling": sampling},
+        {"model": model, "messages": messages, "sampling": sampling, **sample_part},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

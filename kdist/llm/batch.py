@@ -11,9 +11,10 @@ What every caller gets:
 - Ray Data fan-out: async actors for HTTP endpoints (`concurrency` requests in flight each,
   `replicas` actors), transformers actors for `hf`, `ray.data.llm` engines for `vllm`;
 - rate limits, retries that honour Retry-After, and per-row errors (kdist.llm.resilience);
-- exact resume: each row's request hash covers (model and its weights, messages, sampling)
-  and is computed in the workers; a rerun asks only for hashes without a successful answer,
-  looked up in an Arrow set, so nothing is paid for twice;
+- exact resume: each row's request hash covers (model and its weights, messages, sampling,
+  and a sampled request's `sample` index) and is computed in the workers; a rerun asks only
+  for hashes without a successful answer, looked up in an Arrow set, so nothing is paid for
+  twice; a key whose request was answered under another key gets a copy of that answer;
 - answers persisted as they arrive: an HTTP worker streams its rows (kdist.llm.stream: a
   freed slot is refilled at once, no answer waits for its batch-mates) and appends each
   answer to its log the moment it is final (kdist.llm.answer_log); logs become shards, and a
@@ -149,8 +150,12 @@ def hash_settings(endpoint: Endpoint) -> dict[str, Any]:
 
 
 def hash_requests(batch: pa.Table, identity: str, sampling: dict[str, Any]) -> pa.Table:
-    """The request columns plus each row's request hash."""
-    hashes = [request_hash(identity, _plain(messages), sampling) for messages in batch["messages"].to_pylist()]
+    """The request columns plus each row's request hash (with its `sample`, when given)."""
+    samples = batch["sample"].to_pylist() if "sample" in batch.column_names else [None] * batch.num_rows
+    hashes = [
+        request_hash(identity, _plain(messages), sampling, sample)
+        for messages, sample in zip(batch["messages"].to_pylist(), samples)
+    ]
     return batch.select(REQUEST_COLUMNS).append_column("request_hash", pa.array(hashes, pa.string()))
 
 

@@ -211,7 +211,7 @@ def build_app(settings: ServerSettings) -> web.Application:
             if fault:
                 return await _fault_response(request, fault, settings)
             unparsable = _unit(settings.faults.seed, key, "unparsable") < settings.faults.unparsable
-            return web.json_response(_completion(body, messages, settings.model, unparsable, settings.script))
+            return web.json_response(_completion(body, messages, settings.model, unparsable, settings.script, state.requests[key]))
         finally:
             state.in_flight -= 1
             state.last_reply_at = time.time()
@@ -228,7 +228,7 @@ def build_app(settings: ServerSettings) -> web.Application:
         if fault:
             return 400, {"error": {"code": fault, "message": f"request refused: {fault}", "type": "invalid_request_error"}}
         unparsable = _unit(settings.faults.seed, key, "unparsable") < settings.faults.unparsable
-        return 200, _completion(body, messages, settings.model, unparsable, settings.script)
+        return 200, _completion(body, messages, settings.model, unparsable, settings.script, state.requests[key])
 
     files = files_api.register(app, settings.api_key, settings.max_file_bytes)
     batches = batches_api.register(app, settings.api_key, settings.batches, batch_answer)
@@ -333,8 +333,10 @@ async def _fault_response(request: web.Request, fault: str, settings: ServerSett
     raise ValueError(f"unknown fault {fault}")
 
 
-def _completion(body: dict[str, Any], messages: list[dict[str, Any]], model: str, unparsable: bool, script: list[Any]) -> dict[str, Any]:
-    answer = scripted.reply(script, messages) or deterministic_answer(messages, unparsable)
+def _completion(
+    body: dict[str, Any], messages: list[dict[str, Any]], model: str, unparsable: bool, script: list[Any], nth: int = 1
+) -> dict[str, Any]:
+    answer = scripted.reply(script, messages, nth) or deterministic_answer(messages, unparsable)
     max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1 << 30)
     words = answer.split(" ")
     finish = "length" if len(words) > max_tokens else "stop"

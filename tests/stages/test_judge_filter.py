@@ -112,3 +112,52 @@ def test_llm_judge_needs_what_its_rubric_grades_against(run_dir):
                                             "run": {"output_dir": str(root)}, "judge": judge}), str(root))  # fmt: skip
     with pytest.raises(UsageError, match=r"row with id '.+': judge.rubric groundedness needs a context passage"):
         BY_NAME["judge"].run(context)
+
+
+# A sampled judge: the loopback server gives the n-th ask of one prompt the n-th reply of the
+# rule's list, so the three samples of a right letter read 5, 4 and nothing (whatever order
+# they arrive in), and those of the unsure answer never read.
+SAMPLED_TEMPLATE = "Grade {{ answer }} ({{ scale_low }}-{{ scale_high }}) for: {{ question }}\n"
+SAMPLED_RULES = [[r"^Grade [A-E] \(", ["Score: 5", "Score: 4", "I cannot tell"]],
+                 [r"^Grade I am not sure \(", ["hmm", "no idea", "maybe"]]]  # fmt: skip
+
+
+def test_a_sampled_judge_scores_the_mean_of_its_parsable_samples_and_resumes_exactly(run_dir, tmp_path):
+    import shutil
+
+    from kdist.testing.llm_server import LLMServer, ServerSettings
+
+    source, kinds = run_dir
+    root = tmp_path / "run"
+    for part in ("prompts", "responses"):
+        shutil.copytree(source / part, root / part)
+    (tmp_path / "sampled.j2").write_text(SAMPLED_TEMPLATE)
+    graded = {i for i, k in kinds.items() if k != "error"}
+    with LLMServer(ServerSettings(script=SAMPLED_RULES)) as server:
+
+        def judged(samples: int) -> tuple[dict, dict]:
+            judge = {"kind": "openai", "model": "judge-m", "endpoint": server.openai_base_url, "template": str(tmp_path / "sampled.j2"),
+                     "samples": samples, "sampling": {"temperature": 0.7}, "min_score": 0.8}  # fmt: skip
+            config = validate_config({"teacher": {"model": "t"}, "student": {"model": "s"}, "run": {"output_dir": str(root)}, "judge": judge})
+            summary = BY_NAME["judge"].run(StageContext(config, str(root)))
+            return summary, {row["id"]: row for row in storage.read_table(str(root / "judgements" / "scores")).to_pylist()}
+
+        summary, rows = judged(3)
+        assert sorted(server.stats()["requests"].values()) == [3] * len(graded)  # three asks of each prompt
+        assert set(rows) == graded
+        for i, row in rows.items():
+            if kinds[i] == "ok":  # mean of 5 and 4; the unreadable third left out, not guessed
+                assert (row["status"], row["raw_score"], row["score"]) == ("ok", 4.5, pytest.approx(0.875))
+                assert (row["samples"], row["unparsable_samples"]) == (2, 1)
+            else:
+                assert (row["status"], row["raw_score"], row["score"], row["samples"], row["unparsable_samples"]) == ("unparsable", None, None, 0, 3)
+            assert len(set(row["request_hash"].split(","))) == 3
+        assert (summary["rows"], summary["passed"], summary["unparsable"], summary["unparsable_samples"]) == (10, 5, 5, 20)
+        assert summary["inference"]["this_run"]["requested"] == 30
+
+        # Exact resume: samples 0-2 are the same requests, stored under the same keys, so a
+        # rerun with a fourth sample asks only for it.
+        more, rows = judged(4)
+        assert more["inference"]["this_run"]["requested"] == 10 and server.stats()["total"] == 40
+    ok = [row for i, row in rows.items() if kinds[i] == "ok"]
+    assert all(row["raw_score"] == pytest.approx(14 / 3) and row["samples"] == 3 for row in ok)  # 5, 4, 5 (the list cycles)

@@ -69,6 +69,62 @@ def test_llm_verdicts_are_kept_as_given_and_normalised_to_the_unit_interval(scal
     assert (got["failed"]["status"], got["failed"]["score"], got["failed"]["rationale"]) == ("error", None, "http 500: busy")
 
 
+def _samples(rows: list[tuple[int, str | None, str | None]]) -> pa.Table:
+    return judge.sample_grades(pa.Table.from_pylist(
+        [{"id": "q", "candidate": f"teacher{judge.SAMPLE_MARK}{k}", "request_hash": f"h{k}", "model": "openai:judge",
+          "response": r, "error": e} for k, r, e in rows]), rubric="correctness", scale="1-5")  # fmt: skip
+
+
+@pytest.mark.parametrize(("rows", "expected"), [
+    # the mean of the parsable samples; the unreadable and the failed one left out, not scored 0
+    ([(2, "Score: 3", None), (0, "Score: 5", None), (1, "no idea", None), (3, None, "http 500: busy")],
+     ("ok", 4.0, 0.75, 2, 1, "h0,h1,h2,h3")),
+    ([(0, "Score: 2", None)], ("ok", 2.0, 0.25, 1, 0, "h0")),
+    ([(0, "hmm", None), (1, None, "timeout")], ("unparsable", None, None, 0, 1, "h0,h1")),  # no parsable sample
+    ([(0, None, "timeout"), (1, None, "timeout")], ("error", None, None, 0, 0, "h0,h1")),
+])  # fmt: skip
+def test_a_sampled_answer_scores_the_mean_of_its_parsable_samples(rows, expected):
+    table = judge.mean_of_samples(_samples(rows), rubric="correctness", scale="1-5")
+    assert table.schema == JUDGEMENT_SCHEMA and table.num_rows == 1
+    row = table.to_pylist()[0]
+    assert (row["id"], row["candidate"]) == ("q", "teacher")
+    assert (row["status"], row["raw_score"], row["score"], row["samples"], row["unparsable_samples"], row["request_hash"]) == expected
+
+
+def _judge_requests(samples: int) -> pa.Table:
+    prompt = synthetic_prompts({"train": 1})[0]
+    answers = pa.Table.from_pylist([{"id": prompt["id"], "candidate": "teacher", "response": "B", "error": None,
+                                     "messages": prompt["messages"], "reference": prompt["reference"], "meta": prompt["meta"],
+                                     "split": "train"}])  # fmt: skip
+    return judge.judge_requests(answers, rubric="correctness", template=None, scale="1-5", samples=samples)
+
+
+def test_one_sample_keeps_the_request_hash_of_a_single_ask_and_samples_each_have_their_own():
+    import hashlib
+
+    endpoint = {"kind": "openai", "model": "judge-m", "endpoint": "http://127.0.0.1:9/v1", "sampling": {"temperature": 0.7}}
+    settings = hash_settings(validate_config({"teacher": {"model": "t"}, "student": {"model": "s"}, "judge": {**endpoint, "samples": 3}}).judge)
+    single = hash_requests(_judge_requests(1), **settings).to_pylist()[0]
+    # The hash as it was before samples existed (model, messages, sampling): runs judged
+    # before keep their answers, nothing is asked again.
+    canonical = json.dumps({"model": "openai:judge-m", "messages": single["messages"], "sampling": settings["sampling"]},
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # fmt: skip
+    assert single["candidate"] == "teacher" and single["request_hash"] == hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    sampled = hash_requests(_judge_requests(3), **settings).to_pylist()
+    assert [row["candidate"] for row in sampled] == [f"teacher{judge.SAMPLE_MARK}{k}" for k in range(3)]
+    assert len({row["request_hash"] for row in sampled} | {single["request_hash"]}) == 4
+    assert all(row["messages"] == single["messages"] for row in sampled)  # the judge sees the same prompt
+
+
+def test_several_samples_at_temperature_zero_are_refused_in_one_line():
+    from kdist.config import ConfigError
+
+    judge_section = {"kind": "openai", "model": "j", "endpoint": "http://127.0.0.1:9/v1", "samples": 3}
+    with pytest.raises(ConfigError, match=r"samples: 3 at sampling.temperature 0") as err:
+        validate_config({"teacher": {"model": "t"}, "student": {"model": "s"}, "judge": judge_section})
+    assert "\n" not in str(err.value) and "judge" in str(err.value)
+
+
 def _scores(path, scores: list[float | None]) -> str:
     rows = [{"id": f"r{i}", "candidate": "teacher", "judge": "j", "rubric": "r", "raw_score": s, "score": s,
              "status": "ok" if s is not None else "unparsable", "rationale": "", "request_hash": None}
