@@ -66,6 +66,14 @@ class DistillationObjective(nn.Module):
             if model is not None:
                 _register_head_as_external(self, _head(model))
 
+    def train(self, mode: bool = True) -> DistillationObjective:
+        """The student follows `mode`; the teacher stays in eval mode whatever the engine sets
+        (DeepSpeed's engine.train() after each validation would switch its dropout on)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
     def forward(
         self,
         input_ids: torch.Tensor,

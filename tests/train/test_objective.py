@@ -105,3 +105,37 @@ def test_packed_rows_give_the_unpacked_loss():
         objective(torch.tensor([e.input_ids]), torch.tensor([e.labels]), n)[0] for e in examples)
     assert n == sum(len(e.input_ids) - 3 for e in examples)
     assert loss.item() == pytest.approx(alone.item(), rel=1e-5)
+
+
+def test_an_online_teacher_stays_frozen_through_training_steps():
+    """Steps as the loop takes them (an optimizer over the parameters that require grad, the
+    module set to train mode as DeepSpeed does after each validation): the teacher's weights
+    never move, never get a gradient, and its dropout stays off, so its logits are the same
+    every time; the student does learn."""
+    torch.manual_seed(1)
+    teacher = LlamaForCausalLM(LlamaConfig(
+        vocab_size=V, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, tie_word_embeddings=False, attention_dropout=0.5))
+    student = tiny(0)
+    objective = DistillationObjective(student, KDParams(alpha=0.5, temperature=2.0), teacher, chunk_size=5)
+    frozen = {name: p.detach().clone() for name, p in teacher.named_parameters()}
+    learning = {name: p.detach().clone() for name, p in student.named_parameters()}
+    trainable = [p for p in objective.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable}.isdisjoint(id(p) for p in teacher.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    ids, labels, mask = batch(3)
+    for _ in range(3):
+        objective.train()
+        optimizer.zero_grad()
+        loss, _, kd = objective(ids, labels, count_loss_tokens(labels), attention_mask=mask)
+        loss.backward()
+        optimizer.step()
+        assert kd.item() > 0
+    assert objective.student.training and not objective.teacher.training
+    for name, p in teacher.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+        assert torch.equal(p, frozen[name]), name
+    assert any(not torch.equal(p, learning[name]) for name, p in student.named_parameters())
+    with torch.no_grad():  # dropout 0.5 in train mode would make these differ
+        first, second = (teacher(input_ids=ids, attention_mask=mask).logits for _ in range(2))
+    assert torch.equal(first, second)
