@@ -47,6 +47,9 @@ def vllm_server(tiny_model_dir, tmp_path_factory) -> Iterator[str]:
         "--model", str(tiny_model_dir), "--served-model-name", "tiny",
         "--host", "127.0.0.1", "--port", str(port), "--api-key", SERVER_KEY,
         "--max-model-len", "128", "--max-logprobs", "5", "--dtype", "float32",
+        # torch.compile of a tiny model is all startup cost (about 35 s of each engine start on 2
+        # cores, more on a fresh machine with no compile cache) and no part of what is tested.
+        "--enforce-eager",
     ]  # fmt: skip
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

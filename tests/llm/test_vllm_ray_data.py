@@ -31,9 +31,11 @@ def test_generate_stage_with_the_vllm_backend(tiny_model_dir, make_requests, tmp
     ]  # fmt: skip
     (tmp_path / "prompts").mkdir()
     pq.write_table(pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA), tmp_path / "prompts" / "part-0.parquet")
+    # enforce_eager: torch.compile of a tiny model is only startup cost (about 35 s per engine on
+    # 2 cores), and what is tested is the layer around the engine.
     section = {
         "kind": "vllm", "model": str(tiny_model_dir), "batch_size": 16, "replicas": 1, "splits": ["train"],
-        "sampling": {"max_tokens": 4, "top_logprobs": 2}, "engine_kwargs": {"max_model_len": 128, "dtype": "float32"},
+        "sampling": {"max_tokens": 4, "top_logprobs": 2}, "engine_kwargs": {"max_model_len": 128, "dtype": "float32", "enforce_eager": True},
         "min_success_ratio": 1.0,
     }  # fmt: skip
     # The same tiny model as an LLM judge, through the same layer (its random verdicts are
@@ -41,7 +43,7 @@ def test_generate_stage_with_the_vllm_backend(tiny_model_dir, make_requests, tmp
     (tmp_path / "judge.j2").write_text("Rate from {{ scale_low }} to {{ scale_high }}: {{ answer }}")
     judge = {
         "kind": "vllm", "model": str(tiny_model_dir), "batch_size": 16, "template": str(tmp_path / "judge.j2"),
-        "sampling": {"max_tokens": 4}, "engine_kwargs": {"max_model_len": 128, "dtype": "float32"},
+        "sampling": {"max_tokens": 4}, "engine_kwargs": {"max_model_len": 128, "dtype": "float32", "enforce_eager": True},
     }  # fmt: skip
     config = RunConfig(teacher=section, judge=judge, student={"model": "unused"},
                        runtime={"num_cpus": 2, "log_to_driver": False})  # fmt: skip

@@ -24,7 +24,7 @@ def test_dialogue_augmentation_with_a_vllm_writer(tiny_model_dir, tmp_path):
     (tmp_path / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
     (tmp_path / "mine.j2").write_text("{% for t in conversation %}{{ t.content }} {% endfor %}Answer with the letter only.")
     writer = {"kind": "vllm", "model": str(tiny_model_dir), "batch_size": 8, "sampling": {"max_tokens": 8},
-              "engine_kwargs": {"max_model_len": 128, "dtype": "float32"}}  # fmt: skip
+              "engine_kwargs": {"max_model_len": 128, "dtype": "float32", "enforce_eager": True}}  # fmt: skip
     source = {"kind": "dialogue_augmentation", "path": str(tmp_path / "chats.jsonl"), "template": str(tmp_path / "mine.j2"), "writer": writer}
     config = RunConfig(data={"task": "conversation", "source": source}, teacher={"model": "t", "splits": ["train"]},
                        student={"model": "unused"}, runtime={"num_cpus": 2, "log_to_driver": False})  # fmt: skip
