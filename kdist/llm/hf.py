@@ -1,8 +1,10 @@
 """`hf` backend: local transformers generation (small models, tests, the offline demo).
 
 Greedy or sampled generation in left-padded batches. Top-k logprobs of the generated tokens
-come from the generation scores when asked for, in the same compact form the remote backends
-store (token ids and logprobs, k per generated token).
+come from the generation scores when asked for, in the form the remote backends store: token
+ids and logprobs, k per generated token, and beside them the alternatives' strings and the
+character where each generated token starts (kdist.llm.token_strings), which logit KD across
+tokenizers needs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from kdist.endpoints import HFEndpoint
 from kdist.llm.base import ChatRequest, ModelResponse
+from kdist.llm.token_strings import with_strings
 
 
 class HFBackend:
@@ -64,16 +67,20 @@ class HFBackend:
         token_list = tokens.tolist()
         finished = eos in token_list
         length = token_list.index(eos) + 1 if finished else len(token_list)
-        text = self.tokenizer.decode(token_list[:length], skip_special_tokens=True)
+        raw = self.tokenizer.decode(token_list[:length], skip_special_tokens=True)
+        text = raw.strip()
+        steps = [step[index] for step in top[:length]] if top else None
+        if steps:  # ids for a student of this vocabulary, strings for any other
+            steps = with_strings(self.tokenizer, token_list[:length], steps, raw, text)
         return ModelResponse(
             id=request.id,
             request_hash=request.request_hash, candidate=request.candidate,
             model=self.name,
-            response=text.strip(),
+            response=text,
             finish_reason="stop" if finished else "length",
             prompt_tokens=int(attention_mask.sum()),
             completion_tokens=length,
-            top_logprobs=[step[index] for step in top[:length]] if top else None,
+            top_logprobs=steps,
         )
 
     def _top_logprobs(self, scores) -> list[list[dict[str, Any]]]:
