@@ -434,11 +434,10 @@ def _check_offline_topk(spec: TrainSpec, k: int, missing: int, rows: int, tokeni
 
 def _check_stored_strings(spec: TrainSpec, k: int, missing: int, rows: int) -> None:
     if k == 0:
-        raise ValueError(f"{spec.train_path}: train.kd.cross_tokenizer with offline top-k needs "
-                         "the teacher's token strings and offsets, and no row has any aligned "
-                         "with the student's tokens; rerun generate against an OpenAI-format "
-                         "teacher without request_extras.return_tokens_as_token_ids, or use "
-                         "train.kd.teacher_logits online")
+        from kdist.train.tokenizers_compat import NO_STORED_STRINGS
+
+        raise ValueError(f"{spec.train_path}: no row's top-k lines up with the student's tokens; "
+                         f"{NO_STORED_STRINGS}")
     if missing:
         log.warning("offline cross-tokenizer KD: %d of %d rows have no top-k aligned with the "
                     "student's tokens; they train on CE only", missing, rows)

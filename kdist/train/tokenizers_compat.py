@@ -84,3 +84,14 @@ def _vocab_difference(teacher: dict[str, int], student: dict[str, int]) -> str |
             )
             return f"token {token!r} is id {teacher_id} in the teacher and {where}"
     return None
+
+
+NO_STORED_STRINGS = (
+    "train.kd.cross_tokenizer with offline top-k needs the teacher's token strings and offsets "
+    "beside its ids; generate the responses afresh with teacher kind hf, or openai/azure "
+    "without request_extras.return_tokens_as_token_ids (kind vllm stores ids only), or use "
+    "train.kd.teacher_logits online")
+
+
+def refuse_stored_ids_only(train_path: str) -> None:
+    raise UsageError(f"{train_path}: no row's top-k has token strings with offsets; {NO_STORED_STRINGS}")

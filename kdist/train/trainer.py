@@ -94,7 +94,7 @@ def check_vocabularies(spec: TrainSpec) -> None:
     """Before any worker starts: logit KD and on-policy KD need teacher and student to share a
     vocabulary (raises VocabularyMismatch, one line) unless train.kd.cross_tokenizer says how
     to bridge them; offline top-k needs a teacher tokenizer to check its ids against (or, across
-    tokenizers, the stored strings, checked by the workers). Reads
+    tokenizers, stored strings with offsets: check_stored_strings). Reads
     tokenizers and configs only."""
     kd = spec.section().kd
     if kd.mode == "sequence":
@@ -106,6 +106,7 @@ def check_vocabularies(spec: TrainSpec) -> None:
 
     local = bool(spec.teacher_model_dir) and Path(spec.teacher_model_dir).is_dir()
     if kd.teacher_logits == "offline" and kd.cross_tokenizer:
+        check_stored_strings(spec.train_path)
         return  # stored strings, mapped onto the student's vocabulary: no teacher tokenizer
     if kd.teacher_logits == "offline":
         if not local and hub_tokenizer(spec.teacher_model_dir) is None:
@@ -123,6 +124,34 @@ def check_vocabularies(spec: TrainSpec) -> None:
         AutoConfig.from_pretrained(spec.teacher_model_dir).vocab_size,
         AutoConfig.from_pretrained(spec.model_dir).vocab_size,
     )
+
+
+def check_stored_strings(train_path: str) -> None:
+    """Offline top-k across tokenizers: some row's top-k must carry the teacher's token strings
+    with their offsets (the hf, openai and azure kinds store them; vllm and servers asked for
+    token ids store ids only). Reads the top_logprobs column a row group at a time and stops
+    at the first one that has them; whether they line up with the student's tokens, the
+    workers check."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from kdist import storage
+    from kdist.train.tokenizers_compat import refuse_stored_ids_only
+
+    fs, path = storage.filesystem_for(train_path)
+    files = storage.list_files(train_path, suffix=".parquet") if storage.is_dir(train_path) else [path]
+    for name in files:
+        parquet = pq.ParquetFile(fs.open_input_file(name))
+        if "top_logprobs" not in parquet.schema_arrow.names:
+            continue
+        for batch in parquet.iter_batches(columns=["top_logprobs"]):
+            entries = pc.list_flatten(batch.column(0))
+            names = {f.name for f in entries.type} if pa.types.is_struct(entries.type) else set()
+            if {"offset", "tokens"} <= names and pc.sum(
+                    pc.is_valid(pc.struct_field(entries, "offset"))).as_py():
+                return
+    refuse_stored_ids_only(train_path)
 
 
 def check_cross_tokenizer_teacher(spec: TrainSpec) -> None:

@@ -154,3 +154,39 @@ def test_offline_topk_without_a_teacher_tokenizer_is_refused_before_training(tmp
     with pytest.raises(UsageError, match="train.kd.cross_tokenizer uld or align") as err:
         check_vocabularies(spec)
     assert "\n" not in str(err.value)
+
+
+def stored_rows(path: Path, entries: list, schema=None) -> str:
+    from kdist.rows import SFT_SCHEMA
+
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": "q"},
+                                        {"role": "assistant", "content": "B"}],
+             "top_logprobs": entries} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema or SFT_SCHEMA), path)
+    return str(path)
+
+
+def test_offline_topk_across_tokenizers_needs_stored_strings_before_training(tmp_path):
+    """Ids only (kind vllm, or a server asked for token ids; also stores written before the
+    strings were stored) are refused in one line naming what to do; strings pass."""
+    from kdist.train.trainer import check_vocabularies
+
+    def spec(train_path: str) -> TrainSpec:
+        return TrainSpec(model_dir=str(tmp_path), train_path=train_path, eval_path=None,
+                         out_dir=str(tmp_path / "out"), teacher_model_dir="remote-teacher",
+                         train={"kd": {"mode": "logit", "teacher_logits": "offline",
+                                       "cross_tokenizer": "align"}})
+
+    ids_only = stored_rows(tmp_path / "ids.parquet", [{"token_ids": [7, 9], "logprobs": [-0.2, -1.9]}])
+    old_schema = pa.schema([("id", pa.string()), ("messages", pa.list_(pa.struct(
+        [("role", pa.string()), ("content", pa.string())]))), ("top_logprobs", pa.list_(pa.struct(
+            [("token_ids", pa.list_(pa.int64())), ("logprobs", pa.list_(pa.float32()))])))])
+    old = stored_rows(tmp_path / "old.parquet", [{"token_ids": [7], "logprobs": [-0.2]}], old_schema)
+    for path in (ids_only, old):
+        with pytest.raises(UsageError, match="no row's top-k has token strings with offsets.*"
+                                             "teacher kind hf.*kind vllm stores ids only") as err:
+            check_vocabularies(spec(path))
+        assert "\n" not in str(err.value) and path in str(err.value)
+    strings = stored_rows(tmp_path / "strings.parquet", [
+        {"token_ids": [], "logprobs": [-0.2, -1.9], "tokens": ["B", "A"], "token": "B", "offset": 0}])
+    check_vocabularies(spec(strings))  # passes: the workers lay the strings on the student
