@@ -34,6 +34,10 @@ install:
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	# DeepSpeed compiles its CPU shared-memory allreduce op at the first deepspeed.initialize
+	# (about a minute of g++ on 2 cores): build it here, once, into torch's extension cache,
+	# so that neither the demo nor a test pays for it.
+	$(PY) -c 'from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)'
 	touch $(STAMP)
 
 clean-runs:
