@@ -97,7 +97,7 @@ def top_logprobs_from_openai(content: list[dict[str, Any]] | None,
     entry holds the alternatives' ids. Otherwise it holds their strings (`tokens`), the
     generated token's string (`token`) and the character of `text` (the answer) where that
     token starts (`offset`): what logit KD across tokenizers needs to align the teacher's
-    tokens with the student's (kdist.train.offline_cross). Ids are left empty then: text
+    tokens with the student's (kdist.train.cross_tokenizer). Ids are left empty then: text
     cannot be mapped back to the teacher's ids.
     """
     if not content:

@@ -16,10 +16,11 @@ Vocabularies. For `align`, a teacher token maps to the student token of the same
 (byte-level markers and SentencePiece's word marker read as the space they stand for), and the
 teacher's end-of-turn token to the student's.
 
-Offline (stored top-k from an OpenAI-format server, kdist.llm.remote): the teacher's tokens are
-known by their strings and the character where each starts in the answer, which is the
-assistant content of the training row; the same span groups give the positions, and the
-alternatives' strings map onto the student's ids of the same text (student_topk).
+Offline (stored top-k from an OpenAI-format server, kdist.llm.remote, or a local hf teacher,
+kdist.llm.token_strings): the teacher's tokens are known by their strings and the character
+where each starts in the answer, which is the assistant content of the training row; the same
+span groups give the positions, and the alternatives' strings map onto the student's ids of the
+same text (student_topk).
 """
 
 from __future__ import annotations
