@@ -16,11 +16,13 @@ on-policy sampler are kdist's own), so it runs in a few minutes on 2 cores:
    no teacher: the baseline), sequence (CE on the teacher's answers), logit_online (online
    teacher, alpha 0.5: alpha * CE + (1 - alpha) * T^2 * KL, forward KL, T 1), logit_offline
    (the same loss on the stored top-k), on_policy (lambda --lmbda, reverse KL, alpha 0),
-   cross_tokenizer (a student with its own, smaller tokenizer; align, alpha 0.5);
+   cross_tokenizer (a student with its own, smaller tokenizer; online teacher, align, alpha
+   0.5), cross_tokenizer_uld (the same with uld), cross_tokenizer_offline (align from the
+   stored top-k strings and offsets, no teacher model in training);
 4. recovered share = (student - base) / (teacher - base), base being that seed's untrained
    student; spread = max - min over the seeds.
 
-    python benchmarks/kd_modes.py [--seeds 3 --steps 800 --batch 64]  # about 15 minutes on 2 cores
+    python benchmarks/kd_modes.py [--seeds 3 --steps 800 --batch 64]  # about 20 minutes on 2 cores (15 before the two cross modes were added)
 
 The last line is one JSON object: {"benchmark": "kd_modes", "figures": {...}, "params": {...}}.
 """
@@ -48,14 +50,17 @@ from kdist.endpoints import HFEndpoint  # noqa: E402
 from kdist.llm.base import ChatRequest  # noqa: E402
 from kdist.llm.hf import HFBackend  # noqa: E402
 from kdist.tasks.multiple_choice import parse_choice  # noqa: E402
-from kdist.train.batches import TrainData, build_examples, build_pair_examples, collate, prepare  # noqa: E402
+from kdist.train.batches import (TrainData, build_examples, build_pair_examples,  # noqa: E402
+                                 build_stored_cross_examples, collate, prepare)
 from kdist.train.cross_tokenizer import vocabulary_map  # noqa: E402
 from kdist.train.examples import tokenize_chat  # noqa: E402
 from kdist.train.losses import KDParams  # noqa: E402
 from kdist.train.objective import DistillationObjective, count_loss_tokens  # noqa: E402
 from kdist.train.on_policy import Sampling, complete_batch, sampled_count  # noqa: E402
 
-MODES = ("ground_truth", "sequence", "logit_online", "logit_offline", "on_policy", "cross_tokenizer")
+MODES = ("ground_truth", "sequence", "logit_online", "logit_offline", "on_policy", "cross_tokenizer",
+         "cross_tokenizer_uld", "cross_tokenizer_offline")
+CROSS = {"cross_tokenizer": "align", "cross_tokenizer_uld": "uld", "cross_tokenizer_offline": "align"}
 KD_MODES = MODES[1:]  # every mode but the baseline learns from the teacher alone
 TOP_K = 20
 
@@ -176,13 +181,18 @@ def run_mode(mode: str, seed: int, ctx: dict, args) -> dict[str, float]:
     torch.manual_seed(seed)
     rng = random.Random(seed)
     rows = [row["messages"] for row in ctx["rows"]]
-    if mode == "cross_tokenizer":
+    if mode in CROSS:
         tokenizer = ctx["other_tokenizer"]
         student = build(tokenizer, ctx["tmp"] / f"student-x-{seed}", args.student_hidden, 2, seed + 1)
-        data = build_pair_examples(ctx["rows"], tokenizer, ctx["tokenizer"], 96)
-        params = KDParams(alpha=0.5, cross="align")
-        objective = DistillationObjective(student, params, ctx["teacher"], vocab_map=vocabulary_map(
-            ctx["tokenizer"], tokenizer, ctx["teacher"].get_output_embeddings().weight.shape[0]))
+        params = KDParams(alpha=0.5, cross=CROSS[mode])
+        if mode == "cross_tokenizer_offline":
+            examples, k, _ = build_stored_cross_examples(ctx["rows"], tokenizer, 96, "align")
+            data = prepare(examples, tokenizer.pad_token_id, k, False, 96)
+            objective = DistillationObjective(student, params, None)
+        else:
+            data = build_pair_examples(ctx["rows"], tokenizer, ctx["tokenizer"], 96)
+            objective = DistillationObjective(student, params, ctx["teacher"], vocab_map=vocabulary_map(
+                ctx["tokenizer"], tokenizer, ctx["teacher"].get_output_embeddings().weight.shape[0]))
     else:
         tokenizer = ctx["tokenizer"]
         student = build(tokenizer, ctx["tmp"] / f"student-{seed}", args.student_hidden, 2, seed + 1)
