@@ -98,6 +98,20 @@ class ExportSource(Section):
 
 # The model that writes a generated source's rows: any endpoint kind (kdist.endpoints).
 WriterEndpoint = endpoint_union()
+# A writer answers with a list (questions, question/answer turns): the endpoints' default of
+# 16 tokens, meant for one-letter answers, cut every such answer short. Answers still cut at
+# the limit are counted and warned about (kdist.data.written).
+WRITER_MAX_TOKENS = 1024
+
+
+def _writer_with_room(raw: Any) -> Any:
+    """The writer's sampling.max_tokens defaults to WRITER_MAX_TOKENS unless the config sets it."""
+    if not isinstance(raw, dict):
+        return raw
+    sampling = raw.get("sampling", {})
+    if isinstance(sampling, dict) and "max_tokens" not in sampling:
+        raw = {**raw, "sampling": {**sampling, "max_tokens": WRITER_MAX_TOKENS}}
+    return raw
 
 
 class DocumentQuestionsSource(Section):
@@ -114,6 +128,8 @@ class DocumentQuestionsSource(Section):
     chunk_overlap: int = Field(default=200, ge=0)
     questions_per_chunk: int = Field(default=3, ge=1, le=50)
     template: str | None = None
+
+    _writer_default = field_validator("writer", mode="before")(_writer_with_room)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> DocumentQuestionsSource:
@@ -138,6 +154,8 @@ class DialogueAugmentationSource(Section):
     template: str | None = None
     split_field: str | None = "split"
     id_field: str | None = "id"
+
+    _writer_default = field_validator("writer", mode="before")(_writer_with_room)
 
 
 # Generated source kinds -> the task their rows are prompts of.

@@ -1,6 +1,8 @@
 """Source records -> candidate prompt rows, in the workers: the task builds the messages, and
 each row gets what the driver's selection needs (kdist.data.selection) without the rows
-themselves: a row key, hashes of its id and prompt, its source split and label.
+themselves: a row key, hashes of its id and prompt, its source split and label, and the hash of
+its group (GROUP_KEY: rows a writer made from one chunk or one conversation), which no split
+may cut.
 
 A row that cannot be used (a malformed line, a missing column, an empty text, a label outside
 the task's set) stops prepare with one line naming it (`data.on_bad_row: error`) or becomes a
@@ -31,11 +33,15 @@ ROW_BITS = 40
 CANDIDATE_SCHEMA = pa.schema([
     ("rowkey", pa.int64()), ("where", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("id", pa.string()), ("id_hash", pa.int64()), ("prompt_hash", pa.int64()), ("text_hash", pa.int64()),
-    ("source_split", pa.string()), ("label", pa.string()),
+    ("source_split", pa.string()), ("label", pa.string()), ("group_hash", pa.int64()),
     ("messages", pa.list_(MESSAGE)), ("reference", pa.string()), ("meta", pa.string()),
     ("completion", pa.string()),
 ])  # fmt: skip
 OK, BAD, LOW_SCORE = "ok", "bad", "low_score"
+# The column of a generated source's rows (kdist.data.written) that names their origin: rows
+# of one group (the questions of one chunk, a conversation and its augmented copies) are
+# near-copies of each other, and a split that cut a group would test on what train has seen.
+GROUP_KEY = "__group"
 
 
 def unit_candidates(units: pa.Table, data: Any, loaded: dict[str, Any] | None = None) -> Iterator[pa.Table]:
@@ -86,6 +92,7 @@ def _usable(rowkey: int, where: str, record: dict[str, Any], task: Task, data: A
         "id": row_id, "id_hash": _hash64(row_id), "prompt_hash": _hash64(prompt_text),
         "text_hash": _hash64(" ".join(normalise(m["content"]) for m in prompt.messages if m["role"] != "system")),
         "source_split": None if split in (None, "") else str(split), "label": prompt.label,
+        "group_hash": None if record.get(GROUP_KEY) in (None, "") else _hash64(str(record[GROUP_KEY])),
         "messages": prompt.messages, "reference": prompt.reference, "meta": json.dumps(prompt.meta),
         "completion": completion,
     }  # fmt: skip

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from kdist.data import files
-from kdist.data.candidates import bad_row
+from kdist.data.candidates import GROUP_KEY, bad_row
 from kdist.data.files import RowProblem
 from kdist.data.written import first_json
 from kdist.rows import MESSAGE
@@ -127,14 +127,18 @@ def _from_cues(text: str) -> list[tuple[str, str]]:
 
 
 def records(item: dict[str, Any], parsed: list[tuple[str, str]], source: Any, task: Any) -> list[dict[str, Any]]:
-    """The original (when kept) and the chat extended by the first k follow-ups, for each k."""
+    """The original (when kept) and the chat extended by the first k follow-ups, for each k;
+    the source conversation is their group (a split never cuts it: each copy holds its
+    original's turns)."""
     column, turns = task.column("messages"), list(item["messages"])
-    rows = [{"id": item["id"], "split": item["split"], column: turns}] if source.keep_original else []
+    base = {"split": item["split"], GROUP_KEY: item["id"]}
+    rows = [{"id": item["id"], **base, column: turns}] if source.keep_original else []
     for index, (question, answer) in enumerate(parsed):
         turns = [*turns, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        rows.append({"id": f"{item['id']}-aug{index + 1}", "split": item["split"], column: turns})
+        rows.append({"id": f"{item['id']}-aug{index + 1}", **base, column: turns})
     return rows
 
 
 def row_schema(task: Any) -> pa.Schema:
-    return pa.schema([("id", pa.string()), ("split", pa.string()), (task.column("messages"), pa.list_(MESSAGE))])
+    return pa.schema([("id", pa.string()), ("split", pa.string()), (GROUP_KEY, pa.string()),
+                      (task.column("messages"), pa.list_(MESSAGE))])  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from kdist.data import documents
+from kdist.data.candidates import GROUP_KEY
 from kdist.data.written import first_json
 
 LABEL = "questions"
@@ -91,10 +92,12 @@ def _from_lines(text: str) -> list[str]:
 
 
 def records(item: dict[str, Any], parsed: list[str], source: Any, task: Any) -> list[dict[str, Any]]:
-    """(question, chunk) pairs as rows in the qa task's column names."""
-    return [{"id": f"{item['id']}-q{index + 1}", task.column("question"): question, task.column("context"): item["text"]}
-            for index, question in enumerate(parsed)]  # fmt: skip
+    """(question, chunk) pairs as rows in the qa task's column names; the chunk is their group
+    (a split never cuts it: questions of one chunk answer from the same passage)."""
+    return [{"id": f"{item['id']}-q{index + 1}", task.column("question"): question, task.column("context"): item["text"],
+             GROUP_KEY: item["id"]} for index, question in enumerate(parsed)]  # fmt: skip
 
 
 def row_schema(task: Any) -> pa.Schema:
-    return pa.schema([("id", pa.string()), (task.column("question"), pa.string()), (task.column("context"), pa.string())])
+    return pa.schema([("id", pa.string()), (task.column("question"), pa.string()), (task.column("context"), pa.string()),
+                      (GROUP_KEY, pa.string())])  # fmt: skip

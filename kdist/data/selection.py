@@ -9,7 +9,10 @@ the workers join back. Every step is seeded by run.seed, so a rerun decides the 
   held-out split is kept, so a test prompt never also sits in train.
 - `data.sample`: the first N rows (source order) or N at random.
 - `data.splits`: fractions or counts; stratified by label, every prefix of the shuffled order
-  holds the labels in the data's proportions, so each split does too.
+  holds the labels in the data's proportions, so each split does too. Rows of one group
+  (`group_hash`: what a writer made from one chunk or one conversation) go to one split
+  together: the group is shuffled and stratified as one row, and takes the split its first
+  row falls in, so a split's size is off by less than one group.
 - The overlap check: rows of every other split whose normalised text also appears in train.
 """
 
@@ -25,7 +28,7 @@ import pyarrow.compute as pc
 from kdist.data.candidates import BAD, LOW_SCORE, OK
 from kdist.errors import UsageError
 
-KEY_COLUMNS = ["rowkey", "status", "id_hash", "prompt_hash", "text_hash", "source_split", "label"]
+KEY_COLUMNS = ["rowkey", "status", "id_hash", "prompt_hash", "text_hash", "source_split", "label", "group_hash"]
 TRAIN = "train"
 
 
@@ -112,20 +115,52 @@ def _source_splits(kept: pa.Table) -> pa.Array:
 
 
 def _assign(kept: pa.Table, order: np.ndarray, data: Any) -> pa.Array:
-    """data.splits over the rows in a stratified random order: split k takes the next n_k."""
+    """data.splits over the rows in a stratified random order: split k takes the next n_k;
+    a group takes the split of its first row."""
     total = kept.num_rows
     names, sizes = list(data.splits), list(data.splits.values())
     counts = _counts(sizes, total)
     if sum(counts) > total:
         raise UsageError(f"data.splits asks for {sum(counts)} rows ({', '.join(f'{n}: {c}' for n, c in zip(names, counts))}); "
                          f"the data has {total} after duplicates and bad rows are left out")  # fmt: skip
-    ranked = _stratified(kept, order) if data.stratify else np.argsort(order, kind="stable")
+    groups = _groups(kept)
+    ranked = _ranked(kept, order, groups, data.stratify)
     assigned = np.full(total, None, dtype=object)
     start = 0
     for name, count in zip(names, counts):
         assigned[ranked[start : start + count]] = name
         start += count
+    if groups is not None:
+        ranked_groups = groups[ranked]
+        first = np.ones(total, dtype=bool)
+        first[1:] = ranked_groups[1:] != ranked_groups[:-1]  # members are contiguous in `ranked`
+        split_of_group = assigned[ranked[first]]
+        assigned = split_of_group[np.cumsum(first) - 1][np.argsort(ranked)]
     return pa.array(assigned, pa.string())
+
+
+def _groups(kept: pa.Table) -> np.ndarray | None:
+    """A group number per row (a row without a group is one of its own), or None when no
+    row has a group."""
+    if "group_hash" not in kept.column_names or kept["group_hash"].null_count == kept.num_rows:
+        return None
+    missing = pc.is_null(kept["group_hash"]).to_numpy(zero_copy_only=False)
+    key = np.where(missing, kept["rowkey"].to_numpy(), pc.fill_null(kept["group_hash"], 0).to_numpy())
+    return np.unique(np.stack([missing, key], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _ranked(kept: pa.Table, order: np.ndarray, groups: np.ndarray | None, stratify: bool) -> np.ndarray:
+    """Row indices in split order. With groups: each group ranked as one row (its member first
+    in the random order stands for it), its members after one another."""
+    if groups is None:
+        return _stratified(kept, order) if stratify else np.argsort(order, kind="stable")
+    by_order = np.argsort(order, kind="stable")
+    heads = by_order[np.unique(groups[by_order], return_index=True)[1]]  # heads[g]: group g's row
+    head_table = kept.take(pa.array(heads))
+    group_ranks = _stratified(head_table, order[heads]) if stratify else np.argsort(order[heads], kind="stable")
+    rank_of_group = np.empty(len(heads), dtype=np.int64)
+    rank_of_group[group_ranks] = np.arange(len(heads))
+    return np.lexsort((order, rank_of_group[groups]))
 
 
 def _counts(sizes: list[float | int], total: int) -> list[int]:

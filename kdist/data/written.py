@@ -38,6 +38,9 @@ SIDE_STAGE_CPUS = 0.1
 WRITER_CANDIDATE = "writer"
 GENERATED_DIR = "generated"
 OUTCOMES = ("parsed", "unparsable", "errors", "short", "rows")
+# Answers that stopped at the writer's max_tokens (finish_reason `length`): their last item is
+# likely cut mid-sentence, and the list may be short. Counted beside the outcomes, not one of them.
+CUT = "cut_at_max_tokens"
 
 
 def kind_module(kind: str) -> ModuleType:
@@ -69,13 +72,15 @@ def write_rows(data: Any, root: str) -> tuple[str, dict[str, Any]]:
     log.info("prepare: %d items for the writer %s to write %s from", expected, source.writer.label, kind.LABEL)
     result = run_inference(requests, source.writer, answers_uri, expected_rows=expected, label=kind.LABEL)
     log.info("prepare: writer: %s", format_summary(result.summary))
-    answered = dataflow.join_stored(result.store.dataset(["id", "response", "error"]), items_uri, kind.ITEM_SCHEMA.names[1:], on=("id",))
+    answered = dataflow.join_stored(result.store.dataset(["id", "response", "error", "finish_reason"]), items_uri,
+                                    kind.ITEM_SCHEMA.names[1:], on=("id",))  # fmt: skip
     answered = answered.map_batches(_rows, fn_kwargs={"kind": kind.__name__, "data": data}, batch_format="pyarrow", num_cpus=SIDE_STAGE_CPUS)
     outcomes = _write_and_count(answered, rows_uri, kind.row_schema(_task(data)))
     if not outcomes["rows"]:
         raise UsageError(f"the writer {source.writer.label} gave no {kind.LABEL}: {outcomes['errors']} failed, "
                          f"{outcomes['unparsable']} unparsable answers (raw answers in {answers_uri})")  # fmt: skip
     summary = {"kind": source.kind, "items": expected, "bad_rows_skipped": bad, **outcomes, "inference": result.summary}
+    _warn_cut(outcomes, source.writer)
     log.info("prepare: %s", {key: value for key, value in summary.items() if key != "inference"})
     return rows_uri, summary
 
@@ -141,8 +146,9 @@ def _rows(batch: pa.Table, kind: str, data: Any) -> pa.Table:
     """The rows each answer makes (as JSON text, one column: the kinds' schemas differ) and
     what became of the answer."""
     module, task = _module(kind), _task(data)
-    out: dict[str, list[Any]] = {"rows": [], "outcome": [], "made": []}
+    out: dict[str, list[Any]] = {"rows": [], "outcome": [], "made": [], "cut": []}
     for item in batch.to_pylist():
+        out["cut"].append(not item["error"] and item["finish_reason"] == "length")
         parsed = module.parse(item["response"], data.source) if not item["error"] else []
         made = module.records(item, parsed, data.source, task)
         outcome = "errors" if item["error"] else ("unparsable" if not parsed else "parsed")
@@ -161,10 +167,19 @@ def _write_and_count(answered: Any, rows_uri: str, schema: pa.Schema) -> dict[st
     records = answered.flat_map(lambda row: json.loads(row["rows"]), num_cpus=SIDE_STAGE_CPUS)
     storage.write_dataset(records.map_batches(lambda b: pa.Table.from_pylist(b.to_pylist(), schema=schema),
                                               batch_format="pyarrow", num_cpus=SIDE_STAGE_CPUS), rows_uri, schema=schema)  # fmt: skip
-    counts = {name: 0 for name in OUTCOMES}
-    for batch in answered.select_columns(["outcome", "made"]).iter_batches(batch_format="pyarrow", batch_size=None):
-        for outcome, made in zip(batch["outcome"].to_pylist(), batch["made"].to_pylist()):
+    counts = {name: 0 for name in (*OUTCOMES, CUT)}
+    for batch in answered.select_columns(["outcome", "made", "cut"]).iter_batches(batch_format="pyarrow", batch_size=None):
+        for outcome, made, cut in zip(batch["outcome"].to_pylist(), batch["made"].to_pylist(), batch["cut"].to_pylist()):
             counts[outcome] += 1
             counts["rows"] += made
+            counts[CUT] += bool(cut)
     counts["parsed"] += counts["short"]
     return counts
+
+
+def _warn_cut(outcomes: dict[str, int], writer: Any) -> None:
+    cut = outcomes[CUT]
+    if cut:
+        answers = sum(outcomes[name] for name in ("parsed", "unparsable"))
+        log.warning("prepare: %d of %d writer answers stopped at data.source.writer.sampling.max_tokens (%d): their last "
+                    "item may be cut off; raise it", cut, answers, writer.sampling.max_tokens)  # fmt: skip

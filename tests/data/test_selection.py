@@ -13,12 +13,13 @@ from kdist.errors import UsageError
 
 
 def keys(rows: list[dict]) -> pa.Table:
-    defaults = {"status": "ok", "source_split": None, "label": None}
+    defaults = {"status": "ok", "source_split": None, "label": None, "group_hash": None}
     full = [{**defaults, "rowkey": i, "id_hash": r.get("id", i), "prompt_hash": r.get("prompt", 1000 + i),
              "text_hash": r.get("text", r.get("prompt", 1000 + i)), **{k: v for k, v in r.items() if k not in ("id", "prompt", "text")}}
             for i, r in enumerate(rows)]  # fmt: skip
     schema = pa.schema([("rowkey", pa.int64()), ("status", pa.string()), ("id_hash", pa.int64()), ("prompt_hash", pa.int64()),
-                        ("text_hash", pa.int64()), ("source_split", pa.string()), ("label", pa.string())])  # fmt: skip
+                        ("text_hash", pa.int64()), ("source_split", pa.string()), ("label", pa.string()),
+                        ("group_hash", pa.int64())])  # fmt: skip
     return pa.Table.from_pylist(full, schema=schema)
 
 
@@ -75,3 +76,32 @@ def test_sampling_first_or_random():
 def test_overlap_counts_held_out_rows_whose_text_is_in_train():
     rows = [{"text": 1, "source_split": "train"}, {"text": 1, "source_split": "test"}, {"text": 2, "source_split": "test"}]
     assert select(keys(rows), data(), 0).counts["overlap_with_train"] == {"test": 1}
+
+
+def groups_by_split(selection, rows) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = {}
+    for key, split in splits_of(selection).items():
+        found.setdefault(rows[key].get("group_hash"), set()).add(split)
+    return found
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_a_group_never_spans_splits_and_split_sizes_stay_within_a_group(stratify):
+    # 30 chunks with 4 questions each (what document_questions writes), 10 rows of no group
+    rows = [{"group_hash": 500 + i // 4, "label": "ab"[i // 4 % 2]} for i in range(120)] + [{} for _ in range(10)]
+    for seed in range(5):
+        selection = select(keys(rows), data(splits={"train": 0.7, "test": 0.3}, stratify=stratify), seed)
+        assert all(len(splits) == 1 for group, splits in groups_by_split(selection, rows).items() if group is not None)
+        sizes = Counter(splits_of(selection).values())
+        assert sum(sizes.values()) == 130 and abs(sizes["test"] - 39) < 4, sizes
+    ungrouped = {splits_of(selection)[key] for key in range(120, 130)}
+    assert ungrouped == {"train", "test"}  # rows of no group are placed one by one
+
+
+def test_groups_are_stratified_by_label_and_counts_may_leave_groups_out():
+    rows = [{"group_hash": i // 3, "label": "a" if i // 3 < 20 else "b"} for i in range(120)]  # 20 a-groups, 20 b-groups
+    selection = select(keys(rows), data(splits={"train": 30, "test": 30}), 1)
+    labels = Counter((split, rows[key]["label"]) for key, split in splits_of(selection).items())
+    assert labels[("test", "a")] == labels[("test", "b")] == 15, labels
+    assert all(len(splits) == 1 for splits in groups_by_split(selection, rows).values())
+    assert selection.counts["unassigned"] == 60

@@ -81,3 +81,62 @@ def test_packaged_templates_render_and_a_replacement_may_use_only_their_variable
     mine.write_text("{{ passage }}")
     with pytest.raises(UsageError, match=r"data.source.template: .*mine.j2 uses 'passage', which is not a variable here \(variables: chunk, n, source\)"):
         load_template(docs.model_copy(update={"template": str(mine)}), questions)
+
+
+def test_a_writer_gets_room_for_a_list_unless_the_config_sets_its_max_tokens():
+    from kdist.config import WRITER_MAX_TOKENS, DialogueAugmentationSource, DocumentQuestionsSource
+
+    writer = {"kind": "openai", "model": "m", "endpoint": "http://127.0.0.1:9/v1", "sampling": {"temperature": 0.5}}
+    docs = DocumentQuestionsSource(kind="document_questions", path="d", writer=writer)
+    assert docs.writer.sampling.max_tokens == WRITER_MAX_TOKENS >= 512 and docs.writer.sampling.temperature == 0.5
+    chats = DialogueAugmentationSource(kind="dialogue_augmentation", path="c.jsonl", writer={**writer, "sampling": {"max_tokens": 64}})
+    assert chats.writer.sampling.max_tokens == 64
+    hf_writer = DialogueAugmentationSource(kind="dialogue_augmentation", path="c.jsonl", writer={"kind": "hf", "model": "m"})
+    assert hf_writer.writer.sampling.max_tokens == WRITER_MAX_TOKENS
+
+
+def test_answers_cut_at_max_tokens_are_flagged_and_warned_about(caplog):
+    import pyarrow as pa
+
+    from kdist.config import DocumentQuestionsSource
+    from kdist.data import written
+    from kdist.tasks import TASKS
+
+    writer = {"kind": "openai", "model": "m", "endpoint": "http://127.0.0.1:9/v1", "sampling": {"max_tokens": 12}}
+    source = DocumentQuestionsSource(kind="document_questions", path="d", writer=writer, questions_per_chunk=2)
+    data = type("Data", (), {"source": source, "task": TASKS["qa"].Settings()})()
+    items = pa.Table.from_pylist([
+        {"id": "a.md#0", "response": '["What is A?", "Why B?"]', "error": None, "finish_reason": "stop", "text": "A and B."},
+        {"id": "a.md#1", "response": "1. What is C?\n2. Why is D so", "error": None, "finish_reason": "length", "text": "C, D."},
+        {"id": "a.md#2", "response": None, "error": "timeout", "finish_reason": None, "text": "E."},
+    ])  # fmt: skip
+    out = written._rows(items, "kdist.data.questions", data)
+    assert out["cut"].to_pylist() == [False, True, False]
+    assert out["outcome"].to_pylist() == ["parsed", "parsed", "errors"]
+    with caplog.at_level("WARNING"):
+        written._warn_cut({"parsed": 2, "unparsable": 0, written.CUT: 1}, source.writer)
+    assert "1 of 2 writer answers stopped at data.source.writer.sampling.max_tokens (12)" in caplog.text
+
+
+def test_rows_a_writer_makes_from_one_chunk_or_one_conversation_share_a_group():
+    from kdist.config import DialogueAugmentationSource, DocumentQuestionsSource
+    from kdist.data import dialogues, questions
+    from kdist.data.candidates import GROUP_KEY, candidate
+    from kdist.tasks import TASKS, task_for
+
+    writer = {"kind": "openai", "model": "m", "endpoint": "http://127.0.0.1:9/v1"}
+    docs = DocumentQuestionsSource(kind="document_questions", path="d", writer=writer)
+    qa = task_for(TASKS["qa"].Settings())
+    made = questions.records({"id": "a.md#0", "text": "Ice melts."}, ["Why?", "When?"], docs, qa)
+    made += questions.records({"id": "a.md#1", "text": "Snow falls."}, ["How?"], docs, qa)
+    assert [row[GROUP_KEY] for row in made] == ["a.md#0", "a.md#0", "a.md#1"]
+    data = type("Data", (), {"source": type("Source", (), {"kind": "parquet", "id_field": "id", "split_field": "split"})(),
+                             "system_prompt": None, "on_bad_row": "error"})()  # fmt: skip
+    groups = [candidate(i, f"row {i}", row, qa, data)["group_hash"] for i, row in enumerate(made)]
+    assert groups[0] == groups[1] != groups[2] and None not in groups
+    assert candidate(9, "row 9", {"id": "x", "question": "Q?", "context": "c"}, qa, data)["group_hash"] is None
+    chats = DialogueAugmentationSource(kind="dialogue_augmentation", path="c.jsonl", writer=writer)
+    turns = [{"role": "user", "content": "Tips?"}, {"role": "assistant", "content": "Salt."}]
+    rows = dialogues.records({"id": "c1", "split": None, "messages": turns}, [("Why?", "Taste."), ("More?", "Boil.")], chats,
+                             task_for(TASKS["conversation"].Settings()))  # fmt: skip
+    assert [row["id"] for row in rows] == ["c1", "c1-aug1", "c1-aug2"] and {row[GROUP_KEY] for row in rows} == {"c1"}

@@ -94,11 +94,16 @@ def test_dialogues_get_follow_up_turns_as_new_conversations(tmp_path):
     with LLMServer(ServerSettings(script=DIALOGUE_RULES)) as server:
         with pytest.raises(UsageError, match=r"chats.jsonl:5: column 'messages': a chat to continue must end with the assistant's reply"):
             _prepare(tmp_path, source, server, task="conversation")
-        summary, rows = _prepare(tmp_path, source, server, task="conversation", on_bad_row="skip")
+        summary, rows = _prepare(tmp_path, source, server, task="conversation", on_bad_row="skip",
+                                 splits={"train": 0.5, "test": 0.5})  # fmt: skip
         assert server.stats()["total"] == 4
     assert summary["generated"]["bad_rows_skipped"] == 1 and summary["generated"]["parsed"] == 4
+    assert summary["generated"]["cut_at_max_tokens"] == 0
     by_id = {row["id"]: row for row in rows}
     assert set(by_id) == {f"c{i}{suffix}" for i in range(4) for suffix in ("", "-aug1", "-aug2")}
+    # A conversation and its augmented copies stay in one split (the split never cuts a group).
+    split_of = {f"c{i}": {by_id[f"c{i}{suffix}"]["split"] for suffix in ("", "-aug1", "-aug2")} for i in range(4)}
+    assert all(len(splits) == 1 for splits in split_of.values()) and set().union(*split_of.values()) == {"train", "test"}, split_of
     longest = by_id["c1-aug2"]
     assert [m["role"] for m in longest["messages"]] == ["user", "assistant", "user", "assistant", "user"]
     assert longest["messages"][2]["content"] == "Tell me more about Pasta1?" and longest["reference"] == "Because of Pasta1."
