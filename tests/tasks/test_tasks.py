@@ -169,6 +169,12 @@ def test_math_reference_from_gsm8k_solution():
 # --- summarization and conversation ------------------------------------------------------------
 
 
+def test_summarization_template_renders_the_document_and_keeps_the_reference():
+    prompt = TASKS["summarization"]().prompt({"document": "The council approved a park.", "summary": "A park."})
+    assert prompt.messages == [{"role": "user", "content": "Summarize the following text in a few sentences.\n\nThe council approved a park."}]
+    assert prompt.reference == "A park."
+
+
 def test_summarization_rouge_on_hand_made_cases():
     task = TASKS["summarization"]()
     assert task.parse("Here is a short summary of the text: The cat sat.", {}) == "The cat sat."
