@@ -457,3 +457,134 @@ def test_on_policy_distillation_under_zero3_lora(ray_cluster, tiny_model_dir, te
     metrics = read_metrics(Path(spec.out_dir))
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(4 <= m["generated_tokens"] <= 16 and m["kd_generated"] > 0 for m in metrics)
+
+
+# --- offline top-k across tokenizers ----------------------------------------------------------
+
+
+def worded_rows(n: int, seed: int, teacher_dir: Path, k: int = 4) -> pa.Table:
+    """Chat rows answered "B) apple" (words the 330-token student splits, the teacher does not),
+    with the teacher's top-k on each answer token as an OpenAI-format server names tokens by
+    text (each token's string with its bytes), stored through the generate path's own parser
+    (kdist.llm.remote.top_logprobs_from_openai: strings, generated token, character offset)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist.data import synthetic
+    from kdist.llm.remote import top_logprobs_from_openai
+    from kdist.train.examples import IGNORE_INDEX, tokenize_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+
+    def alternative(token_id: int, logprob: float) -> dict:
+        text = tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    rows = []
+    for split, index, q in synthetic.generate({"train": n}, seed):
+        answer = f"{q.answer}) {q.choices['ABCDE'.index(q.answer)]}"
+        messages = [{"role": "user", "content": q.user_message()},
+                    {"role": "assistant", "content": answer}]
+        example = tokenize_chat(tokenizer, messages, 96)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([example.input_ids])).logits[0], -1)
+        content = []  # the answer's tokens; a server's content stops before the end of turn
+        for pos, label in enumerate(example.labels):
+            if label != IGNORE_INDEX and label != tokenizer.eos_token_id:
+                values, ids = logp[pos - 1].topk(k)
+                content.append({**alternative(label, float(logp[pos - 1, label])),
+                                "top_logprobs": [alternative(int(i), float(v))
+                                                 for i, v in zip(ids, values)]})
+        rows.append({"id": f"{split}-{index}", "messages": messages,
+                     "top_logprobs": top_logprobs_from_openai(content, answer)})
+    return pa.Table.from_pylist(rows, schema=SFT_SCHEMA)
+
+
+def stored_cross_kd(student_dir: Path, rows: pa.Table, cross: str) -> tuple[float, int]:
+    """(the KD term of one batch of all `rows`, its loss tokens), computed here from the stored
+    strings and the student as loaded, at T = 1: a student answer token that starts at the
+    character where a stored teacher token starts is compared with that entry; every other
+    answer token (split words, the end of turn) adds 0 and counts in the mean.
+    align: the stored strings that are one student token, merged per token, plus a tail bucket
+    (strings of byte fragments, shown as U+FFFD, go to the tail); forward KL. uld: the n stored probabilities sorted, plus their tail, against the student's
+    n largest plus its tail; L1."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist.train.examples import IGNORE_INDEX, tokenize_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    model = AutoModelForCausalLM.from_pretrained(student_dir).eval()
+    by_text: dict[str, int] = {}  # a byte fragment of a character has no string to share
+    for token_id in range(len(tokenizer)):
+        if "\ufffd" not in tokenizer.decode([token_id]):
+            by_text.setdefault(tokenizer.decode([token_id]), token_id)
+    total, tokens, compared = 0.0, 0, 0
+    for row in rows.to_pylist():
+        example = tokenize_chat(tokenizer, row["messages"], 96)
+        with torch.no_grad():
+            logq = torch.log_softmax(model(torch.tensor([example.input_ids])).logits[0].double(), -1)
+        at_char = {entry["offset"]: entry for entry in row["top_logprobs"]}
+        for pos, label in enumerate(example.labels):
+            if label == IGNORE_INDEX:
+                continue
+            tokens += 1
+            entry = at_char.get(len(tokenizer.decode(example.input_ids[example.answer_start:pos])))
+            if entry is None or label == tokenizer.eos_token_id:
+                continue
+            compared += 1
+            stored = torch.tensor(entry["logprobs"], dtype=torch.float64).exp()
+            q = logq[pos - 1].exp()
+            if cross == "uld":
+                p_t = stored.sort(descending=True).values
+                p_s = q.sort(descending=True).values[:len(p_t)]
+                total += float((p_t - p_s).abs().sum() + ((1 - p_t.sum()) - (1 - p_s.sum())).abs())
+            else:
+                merged: dict[int, float] = {}
+                for text, p in zip(entry["tokens"], stored.tolist()):
+                    if text in by_text:
+                        merged[by_text[text]] = merged.get(by_text[text], 0.0) + p
+                ids = list(merged)
+                p = torch.tensor([merged[i] for i in ids] + [1 - sum(merged.values())],
+                                 dtype=torch.float64)
+                s = torch.cat([q[ids], (1 - q[ids].sum())[None]])
+                total += float((p * (p.log() - s.log())).sum())
+    assert compared >= len(rows) * 2  # the letter and ")" at least, in every row
+    return total / tokens, tokens
+
+
+@pytest.mark.parametrize("cross", ["uld", "align"])
+def test_offline_topk_kd_across_tokenizers(ray_cluster, teacher_dir, tmp_path, cross):
+    """A student with its own tokenizer trains from the teacher's stored top-k strings and
+    offsets (no teacher model in training): the first step's KD term (one global batch of all
+    8 rows) equals the divergence computed here from the stored rows and the student as loaded;
+    entries laid on the wrong student positions, strings mapped to the wrong ids, a wrong tail
+    or an unsorted ULD would not."""
+    from transformers import AutoTokenizer
+
+    from kdist import modelkit
+    from kdist.config import ModelBuildSection
+    from kdist.data import synthetic
+    from kdist.train.trainer import run_training
+
+    student_dir = tmp_path / "student"
+    corpus = synthetic.vocabulary_text() + [
+        q.user_message() for _, _, q in synthetic.generate({"train": 200}, seed=1)]
+    tokenizer = modelkit.train_tokenizer(corpus, 330, student_dir)  # not the teacher's 600
+    modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=2, num_heads=4),
+                         tokenizer, student_dir)
+    assert len(tokenizer) != len(AutoTokenizer.from_pretrained(teacher_dir))
+    rows = worded_rows(8, 15, teacher_dir)
+    spec = spec_for(tmp_path, student_dir,
+                    {"method": "full", "zero_stage": 2, "max_steps": 2, "eval_every": 2,
+                     "kd": {"mode": "logit", "teacher_logits": "offline", "cross_tokenizer": cross,
+                            "alpha": 0.2, "temperature": 1.0, "divergence": "forward_kl"}},
+                    rows, worded_rows(4, 16, teacher_dir), teacher_dir=teacher_dir)
+    result = run_training(spec)
+    metrics = read_metrics(Path(spec.out_dir))
+    expected, tokens = stored_cross_kd(student_dir, rows, cross)
+    assert result["kd_mode"] == "logit" and len(metrics) == 2
+    assert metrics[0]["loss_tokens"] == tokens
+    assert metrics[0]["kd"] == pytest.approx(expected, rel=1e-4)
+    assert metrics[0]["loss"] == pytest.approx(0.2 * metrics[0]["ce"] + 0.8 * metrics[0]["kd"], rel=1e-4)
+    # every step has a teacher term, and validation reads the stored strings too
+    assert all(m["kd"] > 0 for m in metrics) and metrics[-1]["val_loss"] > 0
