@@ -148,26 +148,84 @@ def test_zero2_lora_merged_equals_adapter(ray_cluster, tiny_model_dir, tmp_path)
     assert not torch.allclose(before, logits_of(merged, tokenizer), atol=1e-4)
 
 
-def test_zero3_full_finetuning_packed_with_accumulation(ray_cluster, tiny_model_dir, tmp_path):
+def test_zero3_accumulation_and_checkpointing_give_the_update_of_one_big_micro_batch(
+        ray_cluster, tiny_model_dir, tmp_path):
+    """Gradient accumulation 2 with gradient checkpointing on 2 ZeRO-3 workers takes the
+    optimizer steps of an accumulation-1 run on the same tokens, computed here in one process:
+    each step's 4 packed rows (both ranks' shards of the seeded sampler) as one micro-batch,
+    plain PyTorch AdamW with the same settings. A loss normalised per micro-batch or per rank,
+    a gradient dropped, zeroed or not averaged between micro-batches or ranks, or checkpointed
+    layers that get no gradient would each give another loss or another update. DeepSpeed's
+    WarmupLR runs the first two steps at learning rate 0 (Adam's moments still take their
+    gradients), so the third is the first update that moves the weights: compared after it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdist.train.trainer import run_training
 
     spec = spec_for(tmp_path, tiny_model_dir,
                     {"method": "full", "zero_stage": 3, "packing": True, "max_seq_len": 256,
-                     "gradient_accumulation_steps": 2, "batch_size": 4, "max_steps": 4,
-                     "eval_every": 2, "lr_schedule": "cosine", "gradient_checkpointing": True},
-                    sft_rows(96, 3), sft_rows(16, 4))
+                     "gradient_accumulation_steps": 2, "batch_size": 4, "max_steps": 3,
+                     "eval_every": 3, "lr_schedule": "constant", "gradient_checkpointing": True},
+                    sft_rows(96, 3), sft_rows(4, 4))
     result = run_training(spec)
     out = Path(spec.out_dir)
-    assert result["steps"] == 4 and result["method"] == "full"
+    assert result["steps"] == 3 and result["method"] == "full"
     metrics = read_metrics(out)
     # packed rows of 256 tokens hold ~3 examples each: little padding
     assert all(m["padding_fraction"] < 0.3 for m in metrics)
-    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    lrs = [0.0] + [m["lr"] for m in metrics[:2]]  # each record holds the lr of the next step
+    assert lrs == [0.0, 0.0, pytest.approx(1.5e-3)]
+    reference, losses, tokens = one_micro_batch_steps(spec, lrs)
+    assert [m["loss_tokens"] for m in metrics] == tokens  # the same tokens
+    assert [m["loss"] for m in metrics] == pytest.approx(losses, rel=1e-5)
     trained = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    for (name, a), b in zip(trained.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     assert not torch.allclose(logits_of(base, tokenizer), logits_of(trained, tokenizer), atol=1e-4)
+
+
+def one_micro_batch_steps(spec, lrs: list[float], world: int = 2):
+    """The training steps of `spec` in one process without DeepSpeed: each step's rows of every
+    rank's sampler shard as one micro-batch, AdamW as DeepSpeed is configured (betas 0.9/0.98,
+    no weight decay, gradients clipped to norm 1). Returns the model, and per step the loss
+    and the loss tokens."""
+    from torch.utils.data import DistributedSampler
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdist.train.batches import collate
+    from kdist.train.loop import _train_data
+    from kdist.train.objective import DistillationObjective, count_loss_tokens
+
+    section = spec.section()
+    data = _train_data(spec, section, AutoTokenizer.from_pretrained(spec.model_dir))
+    shards = []
+    for rank in range(world):
+        sampler = DistributedSampler(data.examples, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=spec.seed, drop_last=True)
+        sampler.set_epoch(0)
+        shards.append(list(sampler))
+    model = AutoModelForCausalLM.from_pretrained(spec.model_dir, dtype=torch.float32).train()
+    objective = DistillationObjective(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, betas=(0.9, 0.98), weight_decay=0.0)
+    per_rank = section.batch_size // world
+    losses, tokens = [], []
+    for step, lr in enumerate(lrs):
+        rows = [data.examples[i] for shard in shards for i in shard[step * per_rank:(step + 1) * per_rank]]
+        batch = collate(rows, data)
+        batch.pop("real_tokens"), batch.pop("slots")
+        count = count_loss_tokens(batch["labels"])
+        loss = objective(**batch, num_loss_tokens=count)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        losses.append(loss.item())
+        tokens.append(count)
+    return model.eval(), losses, tokens
 
 
 def test_online_logit_kd_under_zero3(ray_cluster, tiny_model_dir, teacher_dir, tmp_path):
