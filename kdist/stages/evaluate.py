@@ -194,9 +194,9 @@ def _judged(context: StageContext, prompts: pa.Table, answers: dict[str, dict], 
         if not both:
             log.warning("evaluate: %s and %s answered no prompt both: nothing to compare", first, second)
             continue
-        # A store per comparison: the batch layer skips a request whose hash it answered under
-        # another key, and two comparisons can render the same text (base and teacher alike).
-        _, compared = compare(both, first, second, judge, storage.join(out, JUDGE_DIR, report.comparison_key(first, second)),
+        # One judge store for every comparison, keyed by pair and order: a prompt two
+        # comparisons render alike is asked once (the batch layer copies its answer).
+        _, compared = compare(both, first, second, judge, storage.join(out, JUDGE_DIR),
                               template=template, seed=context.config.run.seed)  # fmt: skip
         lengths = {p["id"]: len(p["answers"][first]) - len(p["answers"][second]) for p in both}
         rows += [{"id": c.id, "first": first, "second": second, "verdict_in_order": c.verdict_in_order,
