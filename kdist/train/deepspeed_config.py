@@ -59,18 +59,22 @@ def deepspeed_config(train: TrainSection) -> dict[str, Any]:
 
 def _scheduler(train: TrainSection) -> dict[str, Any]:
     warmup = warmup_steps(train)
+    # DeepSpeed refuses warmup_num_steps 0 (it raised inside the workers for warmup_steps: 0):
+    # no warmup is one warmup step whose minimum is the full learning rate.
+    start = train.learning_rate if warmup == 0 else 0.0
+    warmup = max(warmup, 1)
     if train.lr_schedule == "constant":
         return {"type": "WarmupLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": train.learning_rate,
+            "warmup_min_lr": start, "warmup_max_lr": train.learning_rate,
             "warmup_num_steps": warmup, "warmup_type": "linear"}}
     if train.lr_schedule == "linear":
         return {"type": "WarmupDecayLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": train.learning_rate,
+            "warmup_min_lr": start, "warmup_max_lr": train.learning_rate,
             "warmup_num_steps": warmup, "total_num_steps": train.max_steps,
             "warmup_type": "linear"}}
     return {"type": "WarmupCosineLR", "params": {
         "total_num_steps": train.max_steps, "warmup_num_steps": warmup,
-        "warmup_min_ratio": 0.0, "cos_min_ratio": 0.0, "warmup_type": "linear"}}
+        "warmup_min_ratio": start / train.learning_rate, "cos_min_ratio": 0.0, "warmup_type": "linear"}}
 
 
 def _zero(train: TrainSection) -> dict[str, Any]:

@@ -62,3 +62,29 @@ def test_bad_user_json_is_one_line(tmp_path):
         deepspeed_config(TrainSection(deepspeed_config=str(bad)))
     with pytest.raises(ValueError, match="no file at"):
         deepspeed_config(TrainSection(deepspeed_config=str(tmp_path / "missing.json")))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_no_warmup_builds_and_runs_at_the_full_learning_rate(schedule):
+    """warmup_steps 0 builds DeepSpeed's own scheduler (which refuses warmup_num_steps 0, and
+    raised inside the workers) and runs at the configured rate from the second step on (the
+    first step of DeepSpeed's warmup schedulers can start at their minimum); with warmup the
+    rate climbs."""
+    import torch
+    from deepspeed.runtime import lr_schedules
+
+    def first_lrs(section: TrainSection) -> list[float]:
+        scheduler = deepspeed_config(section)["scheduler"]
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=section.learning_rate)
+        built = getattr(lr_schedules, scheduler["type"])(optimizer, **scheduler["params"])
+        lrs = []
+        for _ in range(3):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            built.step()
+        return lrs
+
+    none = first_lrs(TrainSection(lr_schedule=schedule, max_steps=100, warmup_steps=0, learning_rate=1e-3))
+    assert none[1:] == pytest.approx([1e-3, 1e-3], rel=0.01)
+    warm = first_lrs(TrainSection(lr_schedule=schedule, max_steps=100, warmup_steps=10, learning_rate=1e-3))
+    assert warm[0] <= warm[1] < warm[2] < 1e-3
