@@ -3,12 +3,17 @@
 math: GSM8K-style JSONL, the teacher on the loopback OpenAI server (which echoes a prompt's
 first words: a number the math parser reads), the rule judge keeps answers that parse.
 synthetic export: no teacher is asked; the export's completions are the answers filter keeps.
+conversation and extraction in one test, each from a file of its own columns to sft/ with
+scripted teacher answers, then a few training steps of the tiny student on their rows together.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from kdist import pipeline, storage
@@ -63,3 +68,56 @@ def test_synthetic_export_answers_are_trained_on_without_asking_a_teacher(tmp_pa
     assert len(kept) == 30 and {row["messages"][-1]["content"] for row in kept} == {f"Parcel {i} ships today." for i in range(40) if i % 4}
     answers = ResponseStore(str(tmp_path / "run" / "responses")).read_all(["candidate"])
     assert set(answers["candidate"].to_pylist()) == {"source"}
+
+
+# Per family: a source row (index i), and the teacher's scripted answer, matched by a phrase of
+# the family's template (or, for a chat, by its question). The two whose rows differ in form
+# from math's and qa's: a multi-turn chat, and a JSON answer checked against a schema (4 stages
+# of a family cost 20 to 35 s here, so the single-turn text tasks rely on math's and qa's runs
+# and on their unit tests).
+FAMILIES = {
+    "conversation": (lambda i: {"messages": [{"role": "user", "content": "I want pasta."},
+                                             {"role": "assistant", "content": "Boil salted water."},
+                                             {"role": "user", "content": f"How long for batch {i}?"}]},
+                     r"How long for batch", "About nine minutes."),
+    "extraction": (lambda i: {"text": f"Ticket {i}: my invoice is wrong and nobody answers!"},
+                   r"exactly these keys",
+                   '{"sentiment": 2, "topic": "billing", "summary": "A wrong invoice.", "urgency": "high"}'),
+}  # fmt: skip
+
+
+def test_chat_and_structured_families_from_their_files_to_a_few_training_steps(tmp_path, tiny_model_dir):
+    from kdist.train.loop import TrainSpec
+    from kdist.train.trainer import run_training
+
+    script = [[pattern, answer] for _, pattern, answer in FAMILIES.values()]
+    sft: dict[str, list[pa.Table]] = {"train": [], "validation": []}
+    with LLMServer(ServerSettings(script=script)) as server:
+        for family, (row, _, answer) in FAMILIES.items():
+            path = tmp_path / family / "rows.jsonl"
+            path.parent.mkdir()
+            path.write_text("".join(json.dumps(row(i)) + "\n" for i in range(10)))
+            data = {"task": family, "source": {"kind": "jsonl", "path": str(path)}, "splits": {"train": 8, "validation": 2}}
+            config = _config(tmp_path / family, data, {"endpoint": server.openai_base_url, "splits": ["train", "validation"]})
+            assert pipeline.run_stages(config, STAGES) == 0, family
+            train, validation = _sft(tmp_path / family, "train"), _sft(tmp_path / family, "validation")
+            # every answer parsed as the family's answer (the rule judge kept it)
+            assert (len(train), len(validation)) == (8, 2), family
+            assert {row["messages"][-1]["content"] for row in train} == {answer}, family
+            for split in sft:
+                sft[split].append(storage.read_table(str(tmp_path / family / "run" / "sft" / split)))
+        assert len(server.stats()["requests"]) == 10 * len(FAMILIES)
+    conversation = _sft(tmp_path / "conversation", "train")[0]["messages"]
+    assert [turn["role"] for turn in conversation] == ["user", "assistant", "user", "assistant"]
+    for split, tables in sft.items():
+        pq.write_table(pa.concat_tables(tables), tmp_path / f"{split}.parquet")
+    spec = TrainSpec(model_dir=str(tiny_model_dir), train_path=str(tmp_path / "train.parquet"),
+                     eval_path=str(tmp_path / "validation.parquet"), out_dir=str(tmp_path / "student"),
+                     train={"num_workers": 1, "batch_size": 8, "max_steps": 2, "eval_every": 2, "max_seq_len": 128,
+                            "method": "lora", "lora": {"r": 4, "alpha": 8}},
+                     seed=0, label="student", fast_validation=False)  # fmt: skip
+    result = run_training(spec)
+    metrics = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert result["steps"] == 2 and [m["step"] for m in metrics] == [1, 2]
+    assert all(math.isfinite(m["loss"]) and m["loss_tokens"] > 0 for m in metrics)
+    assert math.isfinite(metrics[-1]["val_loss"])
