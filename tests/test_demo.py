@@ -1,17 +1,22 @@
-"""The offline demo end to end (the README's first command), then again with --resume."""
+"""The offline demo end to end, submitted with `ray job submit` to a real local Ray head as a
+user submits it to a cluster (ray_jobs/), then again locally with --resume."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from support.ray_head import ray_head
 
 from kdist.reporting.report import number
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_demo(out_dir, *extra: str) -> subprocess.CompletedProcess:
@@ -41,15 +46,30 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
     return found
 
 
-def test_demo_distils_then_resumes_without_redoing_stages(tmp_path):
+def submit_demo(out_dir, tmp_path, *overrides: str) -> str:
+    """The demo as a Ray job (the shipped checkout as its working dir); its logs."""
+    with ray_head(tmp_path / "ray-start.log") as head:
+        submission = f"kdist-demo-{secrets.token_hex(4)}"
+        entrypoint = ["python", "ray_jobs/job.py", "demo", "--config", "configs/demo.yaml",
+                      f"run.output_dir={out_dir}", *overrides]
+        submitted = head.submit(submission, ROOT, entrypoint, cwd=tmp_path, timeout_s=1200)
+        logs = submitted.stdout + submitted.stderr
+        assert head.job_status(submission) == "SUCCEEDED", logs[-6000:]
+        assert submitted.returncode == 0
+    return logs
+
+
+# One demo in the suite, submitted as users submit it: the learning it shows is then also
+# the proof that a Ray job's working dir, config and outputs work (they were two demos).
+@pytest.mark.timeout(1500)
+def test_demo_distils_as_a_ray_job_then_resumes_without_redoing_stages(tmp_path):
     out = tmp_path / "demo"
-    first = run_demo(out, *QUICKER)
-    assert first.returncode == 0, first.stderr[-3000:]
+    logs = submit_demo(out, tmp_path, *QUICKER)
     metrics = json.loads((out / "metrics.json").read_text())
     accuracy = metrics["accuracy"]
     assert set(accuracy) == {"base", "teacher", "student"}
     assert metrics["wall_seconds"] > 0
-    assert "teacher validation accuracy" in first.stdout
+    assert "teacher validation accuracy" in logs
     # The teacher is clearly above chance (0.2), and the student learnt from it what the
     # untrained base could not do.
     assert accuracy["teacher"] >= 0.6
@@ -72,9 +92,9 @@ def test_demo_distils_then_resumes_without_redoing_stages(tmp_path):
     assert (out / "eval" / "report.md").read_text().count("|") > 8
     assert "api_key" not in (out / "config.yaml").read_text().replace("api_key_env", "")
     # Ray Train's helpers reach the state API of the local Ray (no warning every second).
-    assert "Failed to query Ray Train Controller" not in first.stderr + first.stdout
+    assert "Failed to query Ray Train Controller" not in logs
     # A worker's progress line reaches the driver once (not echoed by Ray Train's print patch).
-    assert (first.stdout + first.stderr).count("[teacher] step 25/") == 1
+    assert logs.count("[teacher] step 25/") == 1
 
     started = time.monotonic()
     second = run_demo(out, "--resume", *QUICKER)
