@@ -466,24 +466,33 @@ def test_on_policy_distillation_under_zero2(ray_cluster, tiny_model_dir, teacher
         assert m["kd_generated"] > 0 and m["kd_dataset"] > 0
 
 
-def test_cross_tokenizer_kd_from_a_teacher_with_another_vocabulary(ray_cluster, teacher_dir,
-                                                                   tmp_path):
-    """A student with its own locally trained tokenizer learns from the demo-shaped teacher's
-    logits through the alignment (align: shared strings plus a tail bucket)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def student_with_its_own_tokenizer(tmp_path: Path, teacher_dir: Path):
+    """A tiny student whose tokenizer (330 tokens) is not the teacher's (600)."""
+    from transformers import AutoTokenizer
 
     from kdist import modelkit
     from kdist.config import ModelBuildSection
     from kdist.data import synthetic
-    from kdist.train.trainer import run_training
 
     student_dir = tmp_path / "student"
     corpus = synthetic.vocabulary_text() + [
         q.user_message() for _, _, q in synthetic.generate({"train": 200}, seed=1)]
-    tokenizer = modelkit.train_tokenizer(corpus, 330, student_dir)  # not the teacher's 600
+    tokenizer = modelkit.train_tokenizer(corpus, 330, student_dir)
     modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=2, num_heads=4),
                          tokenizer, student_dir)
     assert len(tokenizer) != len(AutoTokenizer.from_pretrained(teacher_dir))
+    return student_dir, tokenizer
+
+
+def test_cross_tokenizer_kd_from_a_teacher_with_another_vocabulary(ray_cluster, teacher_dir,
+                                                                   tmp_path):
+    """A student with its own locally trained tokenizer learns from the demo-shaped teacher's
+    logits through the alignment (align: shared strings plus a tail bucket)."""
+    from transformers import AutoModelForCausalLM
+
+    from kdist.train.trainer import run_training
+
+    student_dir, tokenizer = student_with_its_own_tokenizer(tmp_path, teacher_dir)
     spec = spec_for(tmp_path, student_dir,
                     {"method": "full", "zero_stage": 2, "max_steps": 3, "eval_every": 3,
                      "kd": {"mode": "logit", "teacher_logits": "online",
@@ -617,20 +626,9 @@ def test_offline_topk_kd_across_tokenizers(ray_cluster, teacher_dir, tmp_path, c
     8 rows) equals the divergence computed here from the stored rows and the student as loaded;
     entries laid on the wrong student positions, strings mapped to the wrong ids, a wrong tail
     or an unsorted ULD would not."""
-    from transformers import AutoTokenizer
-
-    from kdist import modelkit
-    from kdist.config import ModelBuildSection
-    from kdist.data import synthetic
     from kdist.train.trainer import run_training
 
-    student_dir = tmp_path / "student"
-    corpus = synthetic.vocabulary_text() + [
-        q.user_message() for _, _, q in synthetic.generate({"train": 200}, seed=1)]
-    tokenizer = modelkit.train_tokenizer(corpus, 330, student_dir)  # not the teacher's 600
-    modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=2, num_heads=4),
-                         tokenizer, student_dir)
-    assert len(tokenizer) != len(AutoTokenizer.from_pretrained(teacher_dir))
+    student_dir, tokenizer = student_with_its_own_tokenizer(tmp_path, teacher_dir)
     rows = worded_rows(8, 15, teacher_dir)
     spec = spec_for(tmp_path, student_dir,
                     {"method": "full", "zero_stage": 2, "max_steps": 2, "eval_every": 2,
