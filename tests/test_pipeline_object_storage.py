@@ -9,6 +9,7 @@ import pytest
 
 from kdist import pipeline, storage
 from kdist.config import validate_config
+from kdist.runtime import ray_session
 from kdist.testing.llm_server import LLMServer, ServerSettings, deterministic_answer
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,8 @@ def _skipped(caplog) -> list[str]:
 def test_a_run_on_object_storage_resumes_exactly(s3_bucket, tiny_model_dir, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("KDIST_MODEL_CACHE", str(tmp_path / "model-cache"))
     root = f"{s3_bucket}/runs/one"
-    with LLMServer(ServerSettings()) as server:
+    # One Ray for the three runs (each would start and stop its own: about 10 s apiece on 2 cores).
+    with LLMServer(ServerSettings()) as server, ray_session(_config(root, server, str(tiny_model_dir))):
         assert pipeline.run_stages(_config(root, server, str(tiny_model_dir)), pipeline.STAGE_NAMES) == 0
         asked_once = dict(server.stats()["requests"])
         for stage in pipeline.STAGE_NAMES:

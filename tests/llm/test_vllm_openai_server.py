@@ -1,10 +1,12 @@
-"""Both HTTP backends against vLLM's real OpenAI-compatible server on CPU (tiny offline model).
+"""Both HTTP backends against vLLM's real OpenAI-compatible server on CPU (tiny offline model),
+and the same server as the writer of a generated source (dialogue augmentation through prepare).
 
 One server for the module: it takes tens of seconds to start on 2 cores.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,11 +15,15 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
+import pyarrow.parquet as pq
 import pytest
 
+from kdist.config import RunConfig
 from kdist.endpoints import AzureEndpoint, OpenAIEndpoint, RemoteEndpoint
 from kdist.llm.azure import AzureBackend
 from kdist.llm.openai import OpenAIBackend
+from kdist.runtime import ray_session
+from kdist.stages import BY_NAME, StageContext
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +118,29 @@ def test_vllm_server_wrong_key_is_an_auth_error_row_not_retried(backend, vllm_se
     [response] = teacher.generate(make_requests(1))
     teacher.close()
     assert response.error.startswith("auth") and response.status == 401 and response.attempts == 1
+
+
+def test_dialogue_augmentation_with_the_vllm_server_as_writer(vllm_server, tmp_path, monkeypatch):
+    """Each conversation asked once through the batch layer and every answer accounted for (a
+    random model's follow-ups rarely parse: they are counted, and the originals are kept)."""
+    monkeypatch.setenv(KEY_ENV, SERVER_KEY)
+    chats = [{"id": f"c{i}", "messages": [{"role": "user", "content": f"Question {i}: pick one."},
+                                          {"role": "assistant", "content": "A) red"}]} for i in range(12)]  # fmt: skip
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    (tmp_path / "mine.j2").write_text("{% for t in conversation %}{{ t.content }} {% endfor %}Answer with the letter only.")
+    writer = {"kind": "openai", "model": "tiny", "endpoint": vllm_server, "api_key_env": KEY_ENV,
+              "concurrency": 4, "batch_size": 8, "sampling": {"max_tokens": 8}}  # fmt: skip
+    source = {"kind": "dialogue_augmentation", "path": str(tmp_path / "chats.jsonl"), "template": str(tmp_path / "mine.j2"), "writer": writer}
+    config = RunConfig(data={"task": "conversation", "source": source}, teacher={"model": "t", "splits": ["train"]},
+                       student={"model": "unused"}, runtime={"num_cpus": 2, "log_to_driver": False})  # fmt: skip
+    with ray_session(config):
+        summary = BY_NAME["prepare"].run(StageContext(config, str(tmp_path / "run")))
+    generated = summary["generated"]
+    assert generated["items"] == 12 and generated["inference"]["done"] == 12
+    assert generated["parsed"] + generated["unparsable"] == 12 and generated["errors"] == 0
+    answers = pq.read_table(tmp_path / "run" / "generated" / "answers" / "answers").to_pylist()
+    assert sorted(row["id"] for row in answers) == sorted(c["id"] for c in chats)
+    assert all(row["model"] == "openai:tiny" and row["candidate"] == "writer" and row["completion_tokens"] >= 1 for row in answers)
+    prompts = pq.read_table(tmp_path / "run" / "prompts").to_pylist()
+    assert {row["id"] for row in prompts} >= {c["id"] for c in chats}  # the originals, kept
+    assert len(prompts) == summary["rows"] == generated["rows"] - summary.get("duplicates_removed", 0)
