@@ -17,12 +17,33 @@ machine, when that does not fit in half the available memory, the naive case is 
 fewer tokens and scaled linearly (every big tensor of the naive loss is [tokens, vocab]); the
 output says so ("naive_scaled_from_tokens").
 
-Usage: python benchmarks/kd_loss_memory.py [--tokens 4096] [--vocabs 32000 128256]
+With --peers (issue 19; run with .venv-bench's python, `make bench-setup`), two more variants
+compute the same loss and gradients and are measured alike:
+
+- liger: Liger-Kernel's chunked fused-linear JSD (liger_kernel.chunked_loss.jsd_loss.
+  LigerFusedLinearJSDLoss, its torch.compile'd PyTorch path: the Triton kernel has no CPU
+  driver) at beta 0, which is its forward KL(teacher || student); weight_hard_loss = alpha and
+  weight_soft_loss = (1 - alpha) T^2, since Liger scales no T^2 itself. Its defaults otherwise
+  (1,024 tokens a chunk, compiled); its first pass (compilation) is a warm-up, as a training
+  loop's first step would be.
+- trl: TRL's generalized JSD (trl.experimental.gkd.gkd_trainer.GKDTrainer.generalized_jsd_loss)
+  at beta 0 (also forward KL) on full [tokens, vocab] logits, plus the CE TRL leaves to the
+  caller: alpha CE + (1 - alpha) T^2 JSD. (GKDTrainer itself uses the JSD alone, at T = 1.)
+  A naive-memory peer: measured at the naive loss's token count, scaled alike.
+
+Before timing, the loss and both gradients of every variant are checked equal to kdist's
+chunked loss on the same inputs (rtol 1e-4); a mismatch stops the run. Peer figures:
+`<vocab>_<peer>_peak_ratio` (kdist's chunked peak over the peer's: target <= 1) and
+`<vocab>_<peer>_speed_ratio` (kdist's throughput over the peer's, i.e. peer s / kdist s:
+target >= 1).
+
+Usage: python benchmarks/kd_loss_memory.py [--tokens 4096] [--vocabs 32000 128256] [--peers]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -58,47 +79,101 @@ def make_step(variant: str, vocab: int, tokens: int, hidden: int, chunk: int | N
     h.grad = torch.zeros_like(h)  # gradient buffers belong to the baseline, for both
     w.grad = torch.zeros_like(w)
 
+    loss_fn = _peer_loss(variant, params) if variant in PEERS else None
+
     def step() -> float:
         if variant == "naive":
             with torch.no_grad():
                 teacher_logits = th @ tw.T
             loss = kd_loss(h @ w.T, labels, teacher_logits, params, tokens).loss
-        else:
+        elif variant == "chunked":
             loss = chunked_kd_loss(h, w, labels, OnlineTeacher(th, tw), params, tokens,
                                    chunk_size=chunk).loss
+        else:
+            loss = loss_fn(h, w, th, tw, labels)
         loss.backward()
         return loss.item()
 
+    step.grads = (h.grad, w.grad)  # accumulated in place by every backward
     return step
+
+
+PEERS = ("liger", "trl")
+
+
+def _peer_loss(variant: str, params):
+    """The peer's loss of (hidden, head, teacher hidden, teacher head, labels), set up to be
+    kdist's: alpha CE + (1 - alpha) T^2 forward KL, both libraries' beta = 0 (their code:
+    F.kl_div(student_logp, teacher_logp, log_target=True) = KL(teacher || student))."""
+    import torch
+    import torch.nn.functional as F
+
+    t, alpha = params.temperature, params.alpha
+    if variant == "liger":
+        from liger_kernel.chunked_loss.jsd_loss import LigerFusedLinearJSDLoss
+
+        # Liger's CE is at T = 1 and its soft term at T without the T^2: put T^2 in the weight.
+        return LigerFusedLinearJSDLoss(weight_hard_loss=alpha,
+                                       weight_soft_loss=(1 - alpha) * t * t, beta=0.0,
+                                       temperature=t)
+    from trl.experimental.gkd.gkd_trainer import GKDTrainer
+
+    def trl_loss(h, w, th, tw, labels):
+        logits = h @ w.T
+        with torch.no_grad():
+            teacher_logits = th @ tw.T
+        jsd = GKDTrainer.generalized_jsd_loss(logits[None], teacher_logits[None], labels[None],
+                                              beta=0.0, temperature=t)
+        return alpha * F.cross_entropy(logits, labels) + (1 - alpha) * t * t * jsd
+
+    return trl_loss
 
 
 def measure_memory(variant, vocab, tokens, hidden, chunk) -> dict:
     make_step(variant, vocab, 8, hidden, chunk)()  # load kernels before the baseline
     step = make_step(variant, vocab, tokens, hidden, chunk)
+    if variant == "liger":
+        step()  # torch.compile compiles for this shape on the first pass: not the loss's memory
     Path("/proc/self/clear_refs").write_text("5")
     base = _rss_kib("VmRSS")
     loss = step()
     return {"peak_mib": (_rss_kib("VmHWM") - base) / 1024, "loss": loss}
 
 
-def measure_time(vocab, tokens, hidden, chunk, repeats) -> dict:
-    """Both variants alternately in one process, so load from others hits them alike."""
-    steps = {v: make_step(v, vocab, tokens, hidden, chunk) for v in ("naive", "chunked")}
+def measure_time(vocab, tokens, hidden, chunk, repeats, variants) -> dict:
+    """All variants alternately in one process, so load from others hits them alike."""
+    steps = {v: make_step(v, vocab, tokens, hidden, chunk) for v in variants}
     times: dict[str, list[float]] = {v: [] for v in steps}
-    for v, step in steps.items():
-        step()  # warm-up
+    losses = {v: step() for v, step in steps.items()}  # warm-up (and Liger's compilation)
+    if len(variants) > 2:
+        check_equal(steps, losses)
     for _ in range(repeats):
         for v, step in steps.items():
             start = time.perf_counter()
             step()
             times[v].append(time.perf_counter() - start)
-    return {v: statistics.median(t) for v, t in times.items()}
+    return {**{v: statistics.median(t) for v, t in times.items()},
+            "losses": {v: round(x, 6) for v, x in losses.items()}}
+
+
+def check_equal(steps, losses, rtol=1e-4) -> None:
+    """Every variant's loss and gradients (after one pass on the same inputs) equal to kdist's
+    chunked loss within rtol of its largest magnitude: the timings compare the same quantity."""
+    ref_grads = steps["chunked"].grads
+    for v, step in steps.items():
+        diffs = [abs(losses[v] - losses["chunked"]) / abs(losses["chunked"])]
+        diffs += [float((g - r).abs().max() / r.abs().max()) for g, r in zip(step.grads, ref_grads)]
+        if not all(d <= rtol for d in diffs):  # NaN (a zero reference) fails too
+            raise SystemExit(f"{v}: loss/grad_hidden/grad_head differ from kdist's by {diffs} "
+                             f"(relative, > {rtol}): not the same quantity, not timed")
 
 
 def run_child(mode, vocab, tokens, args):
     cmd = [sys.executable, __file__, "--child", mode, "--vocabs", str(vocab), "--tokens",
            str(tokens), "--hidden", str(args.hidden), "--repeats", str(args.repeats),
            "--threads", str(args.threads)]
+    if args.peers:
+        cmd.append("--peers")
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
     # A fixed mmap threshold: glibc's default one adapts upward (to 32 MiB) and then keeps
@@ -124,15 +199,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--child", choices=["naive", "chunked", "time"])
+    parser.add_argument("--child", choices=["naive", "chunked", "time", *PEERS])
+    parser.add_argument("--peers", action="store_true",
+                        help="also Liger-Kernel's and TRL's losses (issue 19; .venv-bench)")
     args = parser.parse_args()
+    if args.peers:
+        require_peers()
+    variants = ["naive", "chunked", *(PEERS if args.peers else ())]
     if args.child:
         import torch
 
         torch.set_num_threads(args.threads)
         vocab = args.vocabs[0]
         if args.child == "time":
-            result = measure_time(vocab, args.tokens, args.hidden, args.chunk_size, args.repeats)
+            result = measure_time(vocab, args.tokens, args.hidden, args.chunk_size, args.repeats,
+                                  variants)
         else:
             result = measure_memory(args.child, vocab, args.tokens, args.hidden, args.chunk_size)
         print(json.dumps(result))
@@ -160,6 +241,8 @@ def main() -> None:
         figures[f"{key}_time_tokens"] = naive_tokens
         if scale != 1:
             figures[f"{key}_naive_scaled_from_tokens"] = naive_tokens
+        if args.peers:
+            figures.update(peer_figures(key, vocab, naive_tokens, chunked, times, args))
         print(f"vocab {vocab}: naive {naive} (tokens {naive_tokens}), chunked {chunked}, "
               f"times {times}", file=sys.stderr)
     print(json.dumps({
@@ -168,9 +251,39 @@ def main() -> None:
         "params": {"tokens": args.tokens, "vocabs": args.vocabs, "hidden": args.hidden,
                    "repeats": args.repeats, "chunk_size": args.chunk_size or "auto",
                    "threads": args.threads, "loss": "alpha=0.5 CE + T=2 forward KL, online",
+                   **({"peers": peer_versions()} if args.peers else {}),
                    "machine": f"{platform.machine()} {os.cpu_count()} cores, CPU, "
                               f"torch {__import__('torch').__version__}"},
     }))
+
+
+def require_peers() -> None:
+    missing = [m for m in ("liger_kernel", "trl") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"--peers: {', '.join(missing)} not installed here (run `make bench-setup` and "
+              f"use .venv-bench/bin/python)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def peer_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("liger-kernel", "trl", "transformers")}
+
+
+def peer_figures(key, vocab, naive_tokens, chunked, times, args) -> dict:
+    """Liger at the full token count (chunked, like kdist's); TRL at the naive loss's (its
+    logits are full), scaled alike. Speed ratios at the timing token count, kdist over peer."""
+    figures = {}
+    for peer in PEERS:
+        tokens = args.tokens if peer == "liger" else naive_tokens
+        peak = run_child(peer, vocab, tokens, args)["peak_mib"] * args.tokens / tokens
+        figures[f"{key}_{peer}_peak_mib"] = round(peak, 1)
+        figures[f"{key}_{peer}_peak_ratio"] = round(chunked["peak_mib"] / peak, 4)
+        figures[f"{key}_{peer}_s"] = round(times[peer], 3)
+        figures[f"{key}_{peer}_speed_ratio"] = round(times[peer] / times["chunked"], 3)
+    figures[f"{key}_losses"] = times["losses"]
+    return figures
 
 
 if __name__ == "__main__":
