@@ -14,13 +14,25 @@ Both skip --warmup steps before measuring. The machine may be shared: the ratio 
 (the plain loop runs before and after the kdist run and the faster of the two is the baseline;
 the 1-minute load average around the kdist run is printed so a disturbed measurement shows).
 
+With --peers (issue 19; run with .venv-bench's python, `make bench-setup`): TRL's SFTTrainer
+too, in this process after the plain loop: the same model directory, the same tokenized
+examples (input_ids and labels from kdist's build_examples: the same tokens carry the loss),
+packed by TRL itself (its default `bfd` packing, --seq-len tokens a row, --batch rows a step,
+which TRL flattens into one padding-free sequence with per-example position_ids), the same
+steps, AdamW (lr 1e-4, betas 0.9/0.98, weight decay 0.01, constant rate), clipping at 1.0,
+fp32, no gradient checkpointing (SFTConfig defaults to bf16 and checkpointing: both off, as in
+the plain loop). Figures: trl_tokens_per_s, zero<k>_trl_ratio (kdist over TRL: target >= 1.0),
+and every run's mean training loss over its last 3 steps (different data orders: the losses
+say whether the runs learn alike, not which one is better).
+
 Usage: python benchmarks/train_throughput.py [--steps 12] [--hidden 512] [--layers 8]
-                                             [--zero-stages 0 2]
+                                             [--zero-stages 0 2] [--peers]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -41,6 +53,7 @@ def build(tmp: Path, args) -> tuple[Path, Path, int]:
     from kdist.config import ModelBuildSection
     from kdist.data import synthetic
     from kdist.rows import SFT_SCHEMA
+    from kdist.tasks.multiple_choice import MultipleChoiceTask
 
     questions = [q for _, _, q in synthetic.generate({"train": args.rows}, 0)]
     texts = synthetic.vocabulary_text() + [q.user_message() for q in questions]
@@ -49,8 +62,10 @@ def build(tmp: Path, args) -> tuple[Path, Path, int]:
     build_cfg = ModelBuildSection(hidden_size=args.hidden, num_layers=args.layers,
                                   num_heads=args.heads, max_position_embeddings=args.seq_len)
     model = modelkit.build_llama(build_cfg, tokenizer, model_dir)
+    task = MultipleChoiceTask()
     rows = [{"id": str(i), "top_logprobs": None,
-             "messages": [*q.messages(), {"role": "assistant", "content": q.answer}]}
+             "messages": [*task.prompt(q.record()).messages,
+                          {"role": "assistant", "content": q.answer}]}
             for i, q in enumerate(questions)]
     pq.write_table(pa.Table.from_pylist(rows, schema=SFT_SCHEMA), tmp / "rows.parquet")
     return model_dir, tmp / "rows.parquet", modelkit.count_parameters(model)
@@ -76,7 +91,12 @@ def run_kdist(model_dir: Path, rows: Path, out: Path, zero_stage: int, args) -> 
     first, last = metrics[args.warmup - 1], metrics[-1]
     real = sum(m["tokens"] for m in metrics[args.warmup:])
     seconds = last["seconds"] - first["seconds"]
-    return {"tokens_per_s": real / seconds, "seconds_per_step": seconds / (len(metrics) - args.warmup)}
+    return {"tokens_per_s": real / seconds, "seconds_per_step": seconds / (len(metrics) - args.warmup),
+            "loss_last3": _mean([m["loss"] for m in metrics[-3:]])}
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values)
 
 
 def plain_rows(model_dir: Path, rows: Path, args):
@@ -102,7 +122,7 @@ def run_plain(model_dir: Path, rows: Path, args) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
     order = torch.randperm(len(data.examples)).tolist()
-    real_tokens, started = 0, None
+    real_tokens, started, losses = 0, None, []
     for step in range(args.steps):
         picked = [data.examples[order[(step * args.batch + i) % len(order)]]
                   for i in range(args.batch)]
@@ -113,13 +133,66 @@ def run_plain(model_dir: Path, rows: Path, args) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
         if step == args.warmup - 1:
             started = time.perf_counter()
         elif step >= args.warmup:
             real_tokens += int((batch["input_ids"] != data.pad_id).sum())
     seconds = time.perf_counter() - started
     return {"tokens_per_s": real_tokens / seconds,
-            "seconds_per_step": seconds / (args.steps - args.warmup)}
+            "seconds_per_step": seconds / (args.steps - args.warmup),
+            "loss_last3": _mean(losses[-3:]), "losses": [round(x, 4) for x in losses]}
+
+
+def run_trl(model_dir: Path, rows: Path, out: Path, args) -> dict:
+    """TRL's SFTTrainer on the same examples, batch and steps; tokens/s over the same steps."""
+    import pyarrow.parquet as pq
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from kdist.train.batches import build_examples
+
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples, _, _ = build_examples(pq.read_table(rows).to_pylist(), tokenizer, args.seq_len)
+    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]}
+                                 for e in examples])
+    config = SFTConfig(
+        output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.batch,
+        max_length=args.seq_len, packing=True, learning_rate=1e-4, adam_beta2=0.98,
+        weight_decay=0.01, lr_scheduler_type="constant", max_grad_norm=1.0, bf16=False,
+        gradient_checkpointing=False, use_cpu=True, logging_steps=1, save_strategy="no",
+        report_to=[], dataloader_num_workers=0, seed=0, disable_tqdm=True)
+    ends: list[float] = []
+    tokens: list[int] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, _args, state, control, **kwargs):
+            ends.append(time.perf_counter())
+
+    class Counting(SFTTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            tokens.append(int((inputs["input_ids"] != tokenizer.pad_token_id).sum()))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    trainer = Counting(model=model, args=config, train_dataset=dataset,
+                       processing_class=tokenizer, callbacks=[Clock()])
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    seconds = ends[-1] - ends[args.warmup - 1]
+    return {"tokens_per_s": sum(tokens[args.warmup:]) / seconds,
+            "seconds_per_step": seconds / (args.steps - args.warmup),
+            "loss_last3": _mean(losses[-3:]), "losses": losses, "steps": len(ends)}
+
+
+def require_peers() -> None:
+    if importlib.util.find_spec("trl") is None:
+        print("--peers: trl not installed here (run `make bench-setup` and use "
+              ".venv-bench/bin/python)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main() -> None:
@@ -134,7 +207,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--zero-stages", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--peers", action="store_true", help="also TRL's SFTTrainer (issue 19)")
     args = parser.parse_args()
+    if args.peers:
+        require_peers()
     with tempfile.TemporaryDirectory(prefix="kdist-throughput-") as tmp_name:
         tmp = Path(tmp_name)
         model_dir, rows, params = build(tmp, args)
@@ -145,6 +221,7 @@ def main() -> None:
                  for stage in args.zero_stages}
         load_after = os.getloadavg()[0]
         after = run_plain(model_dir, rows, args)
+        trl = run_trl(model_dir, rows, tmp / "trl", args) if args.peers else None
     # The faster of the two plain runs is the baseline: load from others only slows a run
     # down, so the best run is the truest, and the ratio against it is the conservative one.
     plain = max(before, after, key=lambda run: run["tokens_per_s"])
@@ -155,6 +232,9 @@ def main() -> None:
             f"zero{stage}_tokens_per_s": round(run["tokens_per_s"], 1),
             f"zero{stage}_ratio": round(run["tokens_per_s"] / plain["tokens_per_s"], 3),
             f"zero{stage}_s_per_step": round(run["seconds_per_step"], 3)})
+    if trl:
+        print(f"trl {trl}", file=sys.stderr)
+        per_stage.update(peer_figures(kdist, plain, trl))
     print(json.dumps({
         "benchmark": "train_throughput",
         "figures": {**per_stage,
@@ -166,8 +246,26 @@ def main() -> None:
         "params": {**vars(args), "parameters": params, "method": "full fp32, 2x1 CPU "
                    "workers vs 1 process x 2 threads",
                    "machine": f"{platform.machine()} {os.cpu_count()} cores, torch "
-                              f"{__import__('torch').__version__}"},
+                              f"{__import__('torch').__version__}",
+                   **({"peers": _versions("trl", "transformers", "datasets")} if args.peers else {})},
     }))
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in packages}
+
+
+def peer_figures(kdist: dict, plain: dict, trl: dict) -> dict:
+    figures = {f"zero{stage}_trl_ratio": round(run["tokens_per_s"] / trl["tokens_per_s"], 3)
+               for stage, run in kdist.items()}
+    figures.update({f"zero{stage}_loss_last3": round(run["loss_last3"], 4)
+                    for stage, run in kdist.items()})
+    return {**figures, "trl_tokens_per_s": round(trl["tokens_per_s"], 1),
+            "trl_s_per_step": round(trl["seconds_per_step"], 3),
+            "trl_loss_last3": round(trl["loss_last3"], 4),
+            "plain_loss_last3": round(plain["loss_last3"], 4)}
 
 
 if __name__ == "__main__":
