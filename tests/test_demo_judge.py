@@ -38,3 +38,29 @@ def test_verdicts_follow_the_labels_in_both_orders_and_only_the_split_asked(tmp_
     # Both orders of a question give opposite verdicts: the judge cannot win by a position.
     verdicts = Counter(r["messages"][1]["content"] for r in rows)
     assert verdicts["A"] == verdicts["B"] > 100 and verdicts["tie"] > 100
+
+
+def test_the_pairs_teach_right_from_wrong_letters_not_only_a_letter_from_noise(tmp_path):
+    # Against the teacher both answers are letters: a judge taught mostly "letter beats noise"
+    # calls every such pair a tie (judge accuracy 0.000, issue 14). Every kind of pair must be
+    # there, each with its verdict, the one right answer in either position.
+    prompts = _prompts({"teacher_train": 400})
+    references = {p["id"]: p["reference"] for p in prompts}
+    tokenizer = train_tokenizer(synthetic.vocabulary_text(), 300, tmp_path / "tok")
+    rows = pairwise_rows(prompts, "teacher_train", junk_texts(tokenizer), seed=0,
+                         template=str(JUDGE_TEMPLATE)).to_pylist()
+    kinds = Counter()
+    for row in rows:
+        prompt, verdict = row["messages"][0]["content"], row["messages"][1]["content"]
+        reference = references[row["id"].split("|")[0]]
+        shown = [text for _, text in re.findall(r"^\[Answer ([AB])\] ?(.*)$", prompt, re.MULTILINE)]
+        kind = tuple("right" if t == reference else "letter" if t in tuple("ABCDE") else "junk" for t in shown)
+        kinds[kind, verdict] += 1
+        assert prompt.index("[Answer B]") < prompt.index("Which item")  # answers first (template)
+    for pair, verdict in ((("right", "letter"), "A"), (("letter", "right"), "B"),
+                          (("right", "junk"), "A"), (("junk", "right"), "B"),
+                          (("right", "right"), "tie"), (("letter", "letter"), "tie"),
+                          (("letter", "junk"), "tie"), (("junk", "letter"), "tie")):
+        assert kinds[pair, verdict] >= 15, (pair, verdict, kinds)
+    # Most pairs are two letters, the kind the teacher's and the student's answers make.
+    assert sum(n for (pair, _), n in kinds.items() if "junk" not in pair) > len(rows) / 2
