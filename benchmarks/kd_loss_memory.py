@@ -43,7 +43,6 @@ Usage: python benchmarks/kd_loss_memory.py [--tokens 4096] [--vocabs 32000 12825
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -52,6 +51,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import peers  # benchmarks/peers.py: the script's directory is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -204,7 +205,7 @@ def main() -> None:
                         help="also Liger-Kernel's and TRL's losses (issue 19; .venv-bench)")
     args = parser.parse_args()
     if args.peers:
-        require_peers()
+        peers.require("liger_kernel", "trl")
     variants = ["naive", "chunked", *(PEERS if args.peers else ())]
     if args.child:
         import torch
@@ -251,24 +252,10 @@ def main() -> None:
         "params": {"tokens": args.tokens, "vocabs": args.vocabs, "hidden": args.hidden,
                    "repeats": args.repeats, "chunk_size": args.chunk_size or "auto",
                    "threads": args.threads, "loss": "alpha=0.5 CE + T=2 forward KL, online",
-                   **({"peers": peer_versions()} if args.peers else {}),
+                   **({"peers": peers.versions("liger-kernel", "trl", "transformers")} if args.peers else {}),
                    "machine": f"{platform.machine()} {os.cpu_count()} cores, CPU, "
                               f"torch {__import__('torch').__version__}"},
     }))
-
-
-def require_peers() -> None:
-    missing = [m for m in ("liger_kernel", "trl") if importlib.util.find_spec(m) is None]
-    if missing:
-        print(f"--peers: {', '.join(missing)} not installed here (run `make bench-setup` and "
-              f"use .venv-bench/bin/python)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def peer_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("liger-kernel", "trl", "transformers")}
 
 
 def peer_figures(key, vocab, naive_tokens, chunked, times, args) -> dict:

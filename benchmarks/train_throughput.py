@@ -32,7 +32,6 @@ Usage: python benchmarks/train_throughput.py [--steps 12] [--hidden 512] [--laye
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -40,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import peers  # benchmarks/peers.py: the script's directory is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -188,13 +189,6 @@ def run_trl(model_dir: Path, rows: Path, out: Path, args) -> dict:
             "loss_last3": _mean(losses[-3:]), "losses": losses, "steps": len(ends)}
 
 
-def require_peers() -> None:
-    if importlib.util.find_spec("trl") is None:
-        print("--peers: trl not installed here (run `make bench-setup` and use "
-              ".venv-bench/bin/python)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
@@ -210,7 +204,7 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="also TRL's SFTTrainer (issue 19)")
     args = parser.parse_args()
     if args.peers:
-        require_peers()
+        peers.require("trl")
     with tempfile.TemporaryDirectory(prefix="kdist-throughput-") as tmp_name:
         tmp = Path(tmp_name)
         model_dir, rows, params = build(tmp, args)
@@ -247,14 +241,8 @@ def main() -> None:
                    "workers vs 1 process x 2 threads",
                    "machine": f"{platform.machine()} {os.cpu_count()} cores, torch "
                               f"{__import__('torch').__version__}",
-                   **({"peers": _versions("trl", "transformers", "datasets")} if args.peers else {})},
+                   **({"peers": peers.versions("trl", "transformers", "datasets")} if args.peers else {})},
     }))
-
-
-def _versions(*packages: str) -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in packages}
 
 
 def peer_figures(kdist: dict, plain: dict, trl: dict) -> dict:
