@@ -95,6 +95,17 @@ def test_a_changed_data_file_redoes_every_stage(tmp_path):
     assert [name for name in STAGE_NAMES if before[name] != after[name]] == list(STAGE_NAMES)
 
 
+def test_a_judge_retrained_in_place_redoes_the_evaluation_that_asks_it(tmp_path):
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "model.safetensors").write_bytes(b"weights of the first training")
+    config = _config(tmp_path, {"evaluate.judge": {"kind": "hf", "model": str(judge)}})
+    before = stage_fingerprints(config)
+    (judge / "model.safetensors").write_bytes(b"weights of a longer training")
+    after = stage_fingerprints(config)
+    assert [name for name in STAGE_NAMES if before[name] != after[name]] == ["evaluate"]
+
+
 def _stage_dir(tmp_path, name="judge") -> str:
     directory = str(tmp_path / name)
     storage.write_table(storage.join(directory, "scores", "part-0.parquet"), pa.table({"x": [1, 2, 3]}))

@@ -87,7 +87,8 @@ STAGES: tuple[Stage, ...] = (
           endpoints=lambda c: {"train.hosted": c.train.hosted} if c.train.hosted else {}),
     Stage("evaluate", "student vs base vs teacher on held-out data -> eval/", "eval", ("prepare", "generate", "train"),
           lambda c: [c.evaluate, c.student.model, evaluation_judge(c)], "kdist.stages.evaluate:run",
-          sources=lambda c: {"student.model": c.student.model}, endpoints=lambda c: _evaluation_endpoints(c)),
+          sources=lambda c: {"student.model": c.student.model, **_model_sources(_evaluation_endpoints(c))},
+          endpoints=lambda c: _evaluation_endpoints(c)),
 )  # fmt: skip
 
 
