@@ -41,21 +41,16 @@ def run_demo(config_path: str | None, overrides: list[str], resume: bool = False
     config = load_demo_config(config_path, overrides)
     root = Path(output_dir(config))
     if resume and _finished_earlier(config):
+        metrics = storage.read_json(str(root / "metrics.json"))
+        if _refuses(metrics["teacher_val_accuracy"], config):
+            return 1
         print("every step finished earlier with the same settings: nothing to redo", flush=True)
-        _print_summary(storage.read_json(str(root / "metrics.json")), root)
+        _print_summary(metrics, root)
         return 0
     with ray_session(config):
         pipeline.run_stages(config, ["prepare"], resume=resume)
         accuracies = _prepare_models(config, resume)
-        teacher_accuracy = accuracies["teacher_val_accuracy"]
-        print(f"teacher validation accuracy: {teacher_accuracy:.3f}", flush=True)
-        if teacher_accuracy < config.demo.min_teacher_accuracy:
-            print(
-                f"kdist demo: the teacher reached only {teacher_accuracy:.3f} validation accuracy "
-                f"(demo.min_teacher_accuracy is {config.demo.min_teacher_accuracy}); distilling "
-                "from it would teach nothing. Train it longer (demo.teacher_train.max_seconds).",
-                flush=True,
-            )
+        if _refuses(accuracies["teacher_val_accuracy"], config):
             return 1
         if accuracies.get("judge_val_accuracy") is not None:
             print(f"judge validation accuracy (pairs with one right answer): "
@@ -66,19 +61,45 @@ def run_demo(config_path: str | None, overrides: list[str], resume: bool = False
     return 0
 
 
+def _refuses(teacher_accuracy: float, config: RunConfig) -> bool:
+    """Print the teacher's accuracy; True (and say why) when it is too weak to distil from."""
+    print(f"teacher validation accuracy: {teacher_accuracy:.3f}", flush=True)
+    if teacher_accuracy >= config.demo.min_teacher_accuracy:
+        return False
+    print(
+        f"kdist demo: the teacher reached only {teacher_accuracy:.3f} validation accuracy "
+        f"(demo.min_teacher_accuracy is {config.demo.min_teacher_accuracy}); distilling "
+        "from it would teach nothing. Train it longer (demo.teacher_train.max_seconds).",
+        flush=True,
+    )
+    return True
+
+
 def _finished_earlier(config: RunConfig) -> bool:
     dirs, fingerprints = pipeline.stage_dirs(config), pipeline.stage_fingerprints(config)
     root = Path(output_dir(config))
+    models = root / "models"
     return (
-        storage.is_done(str(root / "models"), _models_fingerprint(config))
+        storage.is_done(str(models), _teacher_fingerprint(config))
+        and (config.demo.judge_train is None or storage.is_done(str(models / "judge"), _judge_fingerprint(config)))
         and all(storage.is_done(dirs[stage], fingerprints[stage]) for stage in STAGE_NAMES)
         and (root / "metrics.json").exists()
     )
 
 
-def _models_fingerprint(config: RunConfig) -> str:
-    return storage.fingerprint(config.data.model_dump(), config.demo.model_dump(),
+def _teacher_fingerprint(config: RunConfig) -> str:
+    """What the tokenizer, the teacher and the base student depend on. The judge's template is
+    in it because the tokenizer is trained on judge prompts too; the judge's training is not,
+    so that a change to it redoes the judge alone."""
+    # min_teacher_accuracy is not in it either: it decides whether to go on, not what is built.
+    demo = config.demo.model_dump(exclude={"judge_train", "min_teacher_accuracy"})
+    return storage.fingerprint(config.data.model_dump(), demo,
                                config.student.model_dump(), config.run.seed, _judge_template(config))
+
+
+def _judge_fingerprint(config: RunConfig) -> str:
+    judge_train = config.demo.judge_train.model_dump() if config.demo.judge_train is not None else None
+    return storage.fingerprint(_teacher_fingerprint(config), judge_train)
 
 
 def load_demo_config(config_path: str | None, overrides: list[str]) -> RunConfig:
@@ -118,22 +139,48 @@ def _default_config_path() -> Path:
 
 
 def _prepare_models(config: RunConfig, resume: bool) -> dict[str, float | None]:
-    """Tokenizer, teacher (trained), judge (trained) and base student; returns the teacher's
-    and the judge's validation accuracy."""
+    """Tokenizer, teacher (trained), base student and judge (trained), each step skipped on
+    --resume when done earlier with the same settings; the teacher's and the judge's
+    validation accuracy."""
+    models = Path(output_dir(config)) / "models"
+    accuracies = {"teacher_val_accuracy": _teacher_step(config, models, resume), "judge_val_accuracy": None}
+    if config.demo.judge_train is not None and accuracies["teacher_val_accuracy"] >= config.demo.min_teacher_accuracy:
+        accuracies["judge_val_accuracy"] = _judge_step(config, models, resume)
+    return accuracies
+
+
+def _teacher_step(config: RunConfig, models: Path, resume: bool) -> float:
+    fingerprint = _teacher_fingerprint(config)
+    done = storage.done_summary(str(models), fingerprint) if resume else None
+    if done is not None:
+        log.info("demo models: done earlier with the same settings, skipped (--resume)")
+        return done["teacher_val_accuracy"]
+    storage.clear_done(str(models))
+    accuracy = _build_and_train_teacher(config, models)
+    storage.mark_done(str(models), fingerprint, {"teacher_val_accuracy": accuracy})
+    return accuracy
+
+
+def _judge_step(config: RunConfig, models: Path, resume: bool) -> float:
+    judge_dir, fingerprint = models / "judge", _judge_fingerprint(config)
+    done = storage.done_summary(str(judge_dir), fingerprint) if resume else None
+    if done is not None:
+        log.info("demo judge: done earlier with the same settings, skipped (--resume)")
+        return done["judge_val_accuracy"]
+    storage.clear_done(str(judge_dir))
+    accuracy = _train_judge(config, models)
+    storage.mark_done(str(judge_dir), fingerprint, {"judge_val_accuracy": accuracy})
+    return accuracy
+
+
+def _build_and_train_teacher(config: RunConfig, models: Path) -> float:
+    """The tokenizer, the teacher and the base student built from configs; the teacher's
+    validation accuracy after its training."""
     from kdist import modelkit
     from kdist.train.loop import TrainSpec
     from kdist.train.trainer import run_training
 
-    models = Path(output_dir(config)) / "models"
-    fingerprint = _models_fingerprint(config)
-    done = storage.done_summary(str(models), fingerprint) if resume else None
-    if done is not None:
-        log.info("demo models: done earlier with the same settings, skipped (--resume)")
-        return done
-    storage.clear_done(str(models))
-    # In id order: the tokenizer's merges (ties among equal counts) and the labelled rows must
-    # not depend on the order the prompts were written in.
-    prompts = storage.read_table(pipeline.stage_dirs(config)["prepare"], schema=PROMPT_SCHEMA).sort_by("id").to_pylist()
+    prompts = _prompts(config)
     tokenizer = modelkit.train_tokenizer(_tokenizer_corpus(prompts, _judge_template(config)),
                                          config.demo.tokenizer_vocab_size, models / "tokenizer")
     modelkit.build_llama(config.demo.teacher_build, tokenizer, models / "teacher_init", config.run.seed)
@@ -151,22 +198,28 @@ def _prepare_models(config: RunConfig, resume: bool) -> dict[str, float | None]:
         seed=config.run.seed,
         label="teacher",
     )
-    result = run_training(spec)
-    accuracies = {"teacher_val_accuracy": result["val_accuracy"], "judge_val_accuracy": None}
-    if config.demo.judge_train is not None and result["val_accuracy"] >= config.demo.min_teacher_accuracy:
-        accuracies["judge_val_accuracy"] = _train_judge(config, prompts, tokenizer, models)
-    storage.mark_done(str(models), fingerprint, accuracies)
-    return accuracies
+    return run_training(spec)["val_accuracy"]
 
 
-def _train_judge(config: RunConfig, prompts: list[dict[str, Any]], tokenizer, models: Path) -> float:
+def _prompts(config: RunConfig) -> list[dict[str, Any]]:
+    # In id order: the tokenizer's merges (ties among equal counts) and the labelled rows must
+    # not depend on the order the prompts were written in.
+    table = storage.read_table(pipeline.stage_dirs(config)["prepare"], schema=PROMPT_SCHEMA)
+    return table.sort_by("id").to_pylist()
+
+
+def _train_judge(config: RunConfig, models: Path) -> float:
     """The teacher fine-tuned on pairwise verdicts (kdist.demo_judge); its accuracy on
-    validation pairs with one right answer."""
+    validation pairs with one right answer. Everything it needs is read back from disk, so a
+    resumed run can redo the judge alone."""
+    from transformers import AutoTokenizer
+
     from kdist import demo_judge
     from kdist.train.loop import TrainSpec
     from kdist.train.trainer import run_training
 
-    junk = demo_judge.junk_texts(tokenizer, seed=config.run.seed)
+    prompts = _prompts(config)
+    junk = demo_judge.junk_texts(AutoTokenizer.from_pretrained(str(models / "tokenizer")), seed=config.run.seed)
     for split in (TEACHER_TRAIN_SPLIT, "validation"):
         rows = demo_judge.pairwise_rows(prompts, split, junk, config.run.seed, _judge_template(config))
         storage.write_table(str(models / f"judge_{split}.parquet"), rows)

@@ -64,3 +64,21 @@ def test_the_pairs_teach_right_from_wrong_letters_not_only_a_letter_from_noise(t
         assert kinds[pair, verdict] >= 15, (pair, verdict, kinds)
     # Most pairs are two letters, the kind the teacher's and the student's answers make.
     assert sum(n for (pair, _), n in kinds.items() if "junk" not in pair) > len(rows) / 2
+
+
+def test_a_changed_judge_training_redoes_the_judge_alone_and_a_changed_teacher_both(tmp_path):
+    from kdist.demo import _judge_fingerprint, _teacher_fingerprint, load_demo_config
+
+    def fingerprints(*overrides: str) -> tuple[str, str]:
+        config = load_demo_config(None, [f"run.output_dir={tmp_path}", *overrides])
+        return _teacher_fingerprint(config), _judge_fingerprint(config)
+
+    teacher, judge = fingerprints()
+    assert fingerprints() == (teacher, judge)
+    changed_teacher, changed_judge = fingerprints("demo.judge_train.learning_rate=0.003")
+    assert changed_teacher == teacher and changed_judge != judge
+    # The teacher's training, and the judge's template (the tokenizer is trained on its
+    # prompts), change what the judge starts from: both are redone.
+    for override in ("demo.teacher_train.learning_rate=0.003", "evaluate.judge.template=null"):
+        changed_teacher, changed_judge = fingerprints(override)
+        assert changed_teacher != teacher and changed_judge != judge, override
