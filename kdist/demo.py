@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import yaml
@@ -150,26 +150,26 @@ def _prepare_models(config: RunConfig, resume: bool) -> dict[str, float | None]:
 
 
 def _teacher_step(config: RunConfig, models: Path, resume: bool) -> float:
-    fingerprint = _teacher_fingerprint(config)
-    done = storage.done_summary(str(models), fingerprint) if resume else None
-    if done is not None:
-        log.info("demo models: done earlier with the same settings, skipped (--resume)")
-        return done["teacher_val_accuracy"]
-    storage.clear_done(str(models))
-    accuracy = _build_and_train_teacher(config, models)
-    storage.mark_done(str(models), fingerprint, {"teacher_val_accuracy": accuracy})
-    return accuracy
+    return _resumable_step("demo models", models, _teacher_fingerprint(config), "teacher_val_accuracy",
+                           lambda: _build_and_train_teacher(config, models), resume)
 
 
 def _judge_step(config: RunConfig, models: Path, resume: bool) -> float:
-    judge_dir, fingerprint = models / "judge", _judge_fingerprint(config)
-    done = storage.done_summary(str(judge_dir), fingerprint) if resume else None
+    return _resumable_step("demo judge", models / "judge", _judge_fingerprint(config), "judge_val_accuracy",
+                           lambda: _train_judge(config, models), resume)
+
+
+def _resumable_step(name: str, directory: Path, fingerprint: str, key: str, run: Callable[[], float],
+                    resume: bool) -> float:
+    """`run`'s accuracy, recorded under `key` in the done-marker of `directory`; on --resume
+    read back from a marker of the same fingerprint instead of running again."""
+    done = storage.done_summary(str(directory), fingerprint) if resume else None
     if done is not None:
-        log.info("demo judge: done earlier with the same settings, skipped (--resume)")
-        return done["judge_val_accuracy"]
-    storage.clear_done(str(judge_dir))
-    accuracy = _train_judge(config, models)
-    storage.mark_done(str(judge_dir), fingerprint, {"judge_val_accuracy": accuracy})
+        log.info("%s: done earlier with the same settings, skipped (--resume)", name)
+        return done[key]
+    storage.clear_done(str(directory))
+    accuracy = run()
+    storage.mark_done(str(directory), fingerprint, {key: accuracy})
     return accuracy
 
 

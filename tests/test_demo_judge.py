@@ -82,3 +82,20 @@ def test_a_changed_judge_training_redoes_the_judge_alone_and_a_changed_teacher_b
     for override in ("demo.teacher_train.learning_rate=0.003", "evaluate.judge.template=null"):
         changed_teacher, changed_judge = fingerprints(override)
         assert changed_teacher != teacher and changed_judge != judge, override
+
+
+def test_a_demo_step_runs_again_only_without_resume_or_under_other_settings(tmp_path):
+    from kdist.demo import _resumable_step
+
+    runs = []
+
+    def train() -> float:
+        runs.append(1)
+        return 0.5 + len(runs) / 10
+
+    def step(fingerprint: str, resume: bool = True) -> float:
+        return _resumable_step("demo judge", tmp_path / "judge", fingerprint, "judge_val_accuracy", train, resume)
+
+    assert step("f1") == 0.6 and step("f1") == 0.6 and len(runs) == 1  # read back, not trained again
+    assert step("f2") == 0.7 and len(runs) == 2  # other settings
+    assert step("f2", resume=False) == 0.8 and len(runs) == 3
