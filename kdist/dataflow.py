@@ -1,9 +1,13 @@
 """Ray Data pieces that stages share: joining a stream with a stored table by key.
 
 Two ways, chosen by the stored table's size:
-- broadcast (up to BROADCAST_MAX_ROWS rows): each worker reads the stored table's columns
-  once, straight from storage, and joins every batch of the stream against it; no shuffle,
-  and a run of a few thousand rows costs no more than its reads;
+- broadcast (up to BROADCAST_MAX_ROWS rows): each worker process reads the stored table's
+  columns once, straight from storage, keeps them (keyed by the files' identity, so a table
+  rewritten in between is read again) and joins every batch of the stream against them; no
+  shuffle, and a run of a few thousand rows costs no more than its reads. These are tasks, not
+  actors: Ray reuses a task's worker process, while every actor starts a fresh one, which cost
+  2-3 s per join per stage on 2 cores (measured: a 15-row rule judge took 7 s, most of it
+  starting its join actors);
 - hash shuffle (larger tables): Ray Data's own join, which partitions both sides across
   aggregator actors. Those actors ask for a fraction of a CPU: on a small machine whole-CPU
   actors starve the readers that feed them. Its fixed cost (about 9 s a join on 2 cores,
@@ -13,6 +17,7 @@ Neither holds the tables in the driver.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pyarrow as pa
@@ -26,18 +31,19 @@ ROWS_PER_PARTITION = 250_000
 # A worker holds this many rows of the stored side (prompts with their messages: a few
 # hundred bytes a row, so about 0.2 GB at most).
 BROADCAST_MAX_ROWS = 500_000
+BROADCAST_WORKERS = 2
 
 
 def join_stored(stream: Any, uri: str, columns: list[str], on: tuple[str, ...]) -> Any:
     """Rows of `stream` joined (inner) with the stored table at `uri` on the key columns;
     the result has the stream's columns plus `columns` of the stored table."""
-    from ray.data import ActorPoolStrategy
-
     rows = storage.count_rows(uri)
     if rows <= BROADCAST_MAX_ROWS:
+        stored = {"uri": uri, "version": storage.files_fingerprint(uri), "columns": tuple(columns), "on": on}
+        # At most two at once, as many as hold the stored side: more would each read it again.
         return stream.map_batches(
-            _BroadcastJoin, fn_constructor_kwargs={"uri": uri, "columns": columns, "on": on},
-            batch_format="pyarrow", compute=ActorPoolStrategy(min_size=1, max_size=2), num_cpus=SIDE_STAGE_CPUS,
+            _broadcast_join, fn_kwargs={"stored": stored}, batch_format="pyarrow", concurrency=BROADCAST_WORKERS,
+            num_cpus=SIDE_STAGE_CPUS,
         )  # fmt: skip
     stored = storage.read_dataset(uri, columns=list(dict.fromkeys([*on, *columns])))
     return stream.join(
@@ -54,20 +60,21 @@ def key_column(table: pa.Table, on: tuple[str, ...]) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "\x1f").combine_chunks()
 
 
-class _BroadcastJoin:
-    """Ray Data actor: the stored table once per actor, then an index lookup per batch."""
+def _broadcast_join(batch: pa.Table, stored: dict[str, Any]) -> pa.Table:
+    keys, payload = _stored_side(**stored)
+    at = pc.index_in(key_column(batch, stored["on"]), value_set=keys)
+    found = pc.is_valid(at)
+    batch, at = batch.filter(found), at.filter(found)
+    matched = payload.take(at)
+    for name in matched.column_names:
+        batch = batch.append_column(name, matched[name])
+    return batch
 
-    def __init__(self, uri: str, columns: list[str], on: tuple[str, ...]) -> None:
-        self.on = on
-        self.stored = storage.read_table(uri, columns=list(dict.fromkeys([*on, *columns])))
-        self.keys = key_column(self.stored, on)
-        self.payload = self.stored.select([c for c in columns if c not in on])
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        at = pc.index_in(key_column(batch, self.on), value_set=self.keys)
-        found = pc.is_valid(at)
-        batch, at = batch.filter(found), at.filter(found)
-        matched = self.payload.take(at)
-        for name in matched.column_names:
-            batch = batch.append_column(name, matched[name])
-        return batch
+# Two: a filter joins two stored tables in one pass.
+@functools.lru_cache(maxsize=2)
+def _stored_side(uri: str, version: str, columns: tuple[str, ...], on: tuple[str, ...]) -> tuple[pa.Array, pa.Table]:
+    """The stored table's keys and payload columns, read once per worker process and version."""
+    del version  # part of the cache key only
+    table = storage.read_table(uri, columns=list(dict.fromkeys([*on, *columns])))
+    return key_column(table, on), table.select([c for c in columns if c not in on])

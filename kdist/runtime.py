@@ -49,8 +49,14 @@ def configure_ray_data() -> None:
       a whole CPU, which never gets one while model actors hold every CPU of a small node
       (seen: 2 hf teacher actors on 2 cores, and the generate stage waited forever); V1 read
       tasks take the fraction kdist.storage asks for.
+    - Side stages cap their tasks at two at once (kdist.dataflow); Ray Data warns on every run
+      smaller than two blocks that the cap is not reached, which is no news to anyone.
     """
+    import warnings
+
     import ray.data
+
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for", category=UserWarning)
 
     context = ray.data.DataContext.get_current()
     context.raise_original_map_exception = True

@@ -26,6 +26,7 @@ What every caller gets:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -40,7 +41,7 @@ from kdist.llm import answer_log, budget
 from kdist.llm.base import ChatRequest, ModelResponse, request_hash
 from kdist.llm.models import weights_fingerprint
 from kdist.llm.remote import error_reason
-from kdist.llm.store import ResponseStore, new_run_id, response_key
+from kdist.llm.store import HashSet, ResponseStore, new_run_id, response_key
 from kdist.rows import REQUEST_COLUMNS, RESPONSE_SCHEMA
 from kdist.runtime import cluster_has_gpus
 
@@ -52,6 +53,7 @@ REMOTE_WORKER_CPUS = 0.25
 SIDE_STAGE_CPUS = 0.1
 # Rows hashed per call (each call also records what was asked, one small shard).
 HASH_BATCH_ROWS = 4096
+HASH_WORKERS = 2
 # Ray Data runs up to 4 batches of a block at once in an async actor (its default). Two
 # blocks run at once per HTTP actor (max_concurrent_calls_per_actor: without it Ray Data runs
 # one task at a time per actor), so a call is always there to take over the stream's
@@ -159,35 +161,34 @@ def hash_requests(batch: pa.Table, identity: str, sampling: dict[str, Any]) -> p
     return batch.select(REQUEST_COLUMNS).append_column("request_hash", pa.array(hashes, pa.string()))
 
 
-class _HashAndSkipDone:
-    """Ray Data actor: hash each request, record it as asked by this run, and pass on only
-    those without a successful answer (the done set arrives once per actor, as Arrow)."""
+def _hash_and_skip_done(
+    batch: pa.Table, identity: str, sampling: dict[str, Any], done: list[Any], store_uri: str, run_id: str
+) -> pa.Table:
+    """Hash each request, record it as asked by this run, and pass on only those without a
+    successful answer. A task, not an actor: Ray reuses a task's worker process, while an actor
+    starts a fresh one (2-3 s a stage on 2 cores)."""
+    hashed = hash_requests(batch, identity, sampling)
+    ResponseStore(store_uri).record_requests(hashed, run_id)
+    return hashed.filter(pa.array(~_done_hashes(done[0]).contains(hashed["request_hash"])))
 
-    def __init__(self, identity: str, sampling: dict[str, Any], done: list[Any], store_uri: str, run_id: str) -> None:
-        import ray
 
-        self.identity, self.sampling, self.run_id = identity, sampling, run_id
-        self.done = ray.get(done[0])
-        self.store = ResponseStore(store_uri)
+@functools.lru_cache(maxsize=1)
+def _done_hashes(ref: Any) -> HashSet:
+    """The done set, fetched once per worker process (it is one object per run; the ref arrives
+    in a list so that Ray passes the ref, not the set, to every task)."""
+    import ray
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        hashed = hash_requests(batch, self.identity, self.sampling)
-        self.store.record_requests(hashed, self.run_id)
-        return hashed.filter(pa.array(~self.done.contains(hashed["request_hash"])))
+    return ray.get(ref)
 
 
 def _not_yet_answered(requests: Any, endpoint: Endpoint, store: ResponseStore, run_id: str, expected_rows: int) -> Any:
     import ray
-    from ray.data import ActorPoolStrategy
 
     done = ray.put(store.succeeded_hashes())
     hashed = requests.map_batches(
-        _HashAndSkipDone,
-        fn_constructor_kwargs={
-            **hash_settings(endpoint), "done": [done], "store_uri": store.uri, "run_id": run_id,
-        },
-        batch_size=HASH_BATCH_ROWS, batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=2), num_cpus=SIDE_STAGE_CPUS,
+        _hash_and_skip_done,
+        fn_kwargs={**hash_settings(endpoint), "done": [done], "store_uri": store.uri, "run_id": run_id},
+        batch_size=HASH_BATCH_ROWS, batch_format="pyarrow", concurrency=HASH_WORKERS, num_cpus=SIDE_STAGE_CPUS,
     )  # fmt: skip
     # Blocks small enough that every replica gets some (one block feeds one actor).
     rows = max(1, min(endpoint.batch_size * BATCHES_PER_BLOCK, -(-expected_rows // endpoint.replicas)))
