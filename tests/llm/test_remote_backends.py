@@ -94,9 +94,11 @@ def test_retry_after_is_honoured(kind, make_requests):
 
 
 def test_timeout_then_success_and_exhausted_retries_become_error_rows(kind, make_requests):
-    timeouts = FaultPlan(transient={"timeout": 1.0}, max_consecutive=1, hang_s=1.0)
+    # A 1 s timeout, not less: with 0.3 s the answered retry itself timed out once when the
+    # fast tier ran on 2 busy cores (3 attempts).
+    timeouts = FaultPlan(transient={"timeout": 1.0}, max_consecutive=1, hang_s=1.5)
     with LLMServer(ServerSettings(faults=timeouts)) as server:
-        teacher = make_teacher(kind, server, timeout_s=0.3)
+        teacher = make_teacher(kind, server, timeout_s=1.0)
         [response] = teacher.generate(make_requests(1))
         teacher.close()
     assert response.error is None and response.attempts == 2
