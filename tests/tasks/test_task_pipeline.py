@@ -3,8 +3,9 @@
 math: GSM8K-style JSONL, the teacher on the loopback OpenAI server (which echoes a prompt's
 first words: a number the math parser reads), the rule judge keeps answers that parse.
 synthetic export: no teacher is asked; the export's completions are the answers filter keeps.
-conversation and extraction in one test, each from a file of its own columns to sft/ with
-scripted teacher answers, then a few training steps of the tiny student on their rows together.
+conversation, extraction, nli, summarization and grading in one test, each from a file of its
+own columns to sft/ with scripted teacher answers, then a few training steps of the tiny student
+on their rows together.
 """
 
 from __future__ import annotations
@@ -71,10 +72,8 @@ def test_synthetic_export_answers_are_trained_on_without_asking_a_teacher(tmp_pa
 
 
 # Per family: a source row (index i), and the teacher's scripted answer, matched by a phrase of
-# the family's template (or, for a chat, by its question). The two whose rows differ in form
-# from math's and qa's: a multi-turn chat, and a JSON answer checked against a schema (4 stages
-# of a family cost 20 to 35 s here, so the single-turn text tasks rely on math's and qa's runs
-# and on their unit tests).
+# the family's template (or, for a chat, by its question): a multi-turn chat, a JSON answer
+# checked against a schema, a label, a summary and a grade (math and qa have tests above).
 FAMILIES = {
     "conversation": (lambda i: {"messages": [{"role": "user", "content": "I want pasta."},
                                              {"role": "assistant", "content": "Boil salted water."},
@@ -83,10 +82,18 @@ FAMILIES = {
     "extraction": (lambda i: {"text": f"Ticket {i}: my invoice is wrong and nobody answers!"},
                    r"exactly these keys",
                    '{"sentiment": 2, "topic": "billing", "summary": "A wrong invoice.", "urgency": "high"}'),
+    "nli": (lambda i: {"premise": f"Invoice {i} was paid twice.", "hypothesis": "The customer paid.", "label": "entailment"},
+            r"Does the premise entail", "Entailment."),
+    "summarization": (lambda i: {"document": f"Parcel {i} left the depot on Monday and has not moved since. "
+                                             "Support has not answered two emails.", "summary": "A stuck parcel."},
+                      r"Summarize the following text", "The parcel is stuck and support is silent."),
+    "grading": (lambda i: {"question": f"Where is parcel {i}?", "context": "Parcels ship within a day.",
+                           "answer": f"Parcel {i} ships today.", "score": 0.9},
+                r"Grade the answer to the question", '{"score": 0.9, "rationale": "Matches the context."}'),
 }  # fmt: skip
 
 
-def test_chat_and_structured_families_from_their_files_to_a_few_training_steps(tmp_path, tiny_model_dir):
+def test_five_task_families_from_their_files_to_a_few_training_steps(tmp_path, tiny_model_dir):
     from kdist.train.loop import TrainSpec
     from kdist.train.trainer import run_training
 
