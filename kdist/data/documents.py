@@ -65,6 +65,11 @@ def read_chunks(unit: dict[str, Any], root: str, size: int, overlap: int) -> lis
     return [{"id": f"{name}#{index}", "where": f"{uri} chunk {index + 1}", "text": chunk} for index, chunk in enumerate(chunks)]
 
 
+def document_of(chunk_id: str) -> str:
+    """The document a chunk id (read_chunks: "<document>#<index>") comes from."""
+    return chunk_id.rsplit("#", 1)[0]
+
+
 def _relative(uri: str, root: str) -> str:
     if uri == root:
         return uri.rstrip("/").rsplit("/", 1)[-1]

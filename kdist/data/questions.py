@@ -92,10 +92,13 @@ def _from_lines(text: str) -> list[str]:
 
 
 def records(item: dict[str, Any], parsed: list[str], source: Any, task: Any) -> list[dict[str, Any]]:
-    """(question, chunk) pairs as rows in the qa task's column names; the chunk is their group
-    (a split never cuts it: questions of one chunk answer from the same passage)."""
+    """(question, chunk) pairs as rows in the qa task's column names; the chunk's document is
+    their group (a split never cuts it: neighbour chunks overlap, so a question of one chunk
+    can be answered from its neighbour's text, and grouping by chunk leaked that text across
+    splits)."""
+    group = documents.document_of(item["id"])
     return [{"id": f"{item['id']}-q{index + 1}", task.column("question"): question, task.column("context"): item["text"],
-             GROUP_KEY: item["id"]} for index, question in enumerate(parsed)]  # fmt: skip
+             GROUP_KEY: group} for index, question in enumerate(parsed)]  # fmt: skip
 
 
 def row_schema(task: Any) -> pa.Schema:

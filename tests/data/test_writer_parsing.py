@@ -118,7 +118,7 @@ def test_answers_cut_at_max_tokens_are_flagged_and_warned_about(caplog):
     assert "1 of 2 writer answers stopped at data.source.writer.sampling.max_tokens (12)" in caplog.text
 
 
-def test_rows_a_writer_makes_from_one_chunk_or_one_conversation_share_a_group():
+def test_rows_a_writer_makes_from_one_document_or_one_conversation_share_a_group():
     from kdist.config import DialogueAugmentationSource, DocumentQuestionsSource
     from kdist.data import dialogues, questions
     from kdist.data.candidates import GROUP_KEY, candidate
@@ -128,12 +128,15 @@ def test_rows_a_writer_makes_from_one_chunk_or_one_conversation_share_a_group():
     docs = DocumentQuestionsSource(kind="document_questions", path="d", writer=writer)
     qa = task_for(TASKS["qa"].Settings())
     made = questions.records({"id": "a.md#0", "text": "Ice melts."}, ["Why?", "When?"], docs, qa)
-    made += questions.records({"id": "a.md#1", "text": "Snow falls."}, ["How?"], docs, qa)
-    assert [row[GROUP_KEY] for row in made] == ["a.md#0", "a.md#0", "a.md#1"]
+    # a neighbour chunk of the same document (chunks overlap) joins its group; another document
+    # (a '#' in its name too) does not
+    made += questions.records({"id": "a.md#1", "text": "Ice melts. Snow falls."}, ["How?"], docs, qa)
+    made += questions.records({"id": "b#2.md#0", "text": "Rain."}, ["Where?"], docs, qa)
+    assert [row[GROUP_KEY] for row in made] == ["a.md", "a.md", "a.md", "b#2.md"]
     data = type("Data", (), {"source": type("Source", (), {"kind": "parquet", "id_field": "id", "split_field": "split"})(),
                              "system_prompt": None, "on_bad_row": "error"})()  # fmt: skip
     groups = [candidate(i, f"row {i}", row, qa, data)["group_hash"] for i, row in enumerate(made)]
-    assert groups[0] == groups[1] != groups[2] and None not in groups
+    assert groups[0] == groups[1] == groups[2] != groups[3] and None not in groups
     assert candidate(9, "row 9", {"id": "x", "question": "Q?", "context": "c"}, qa, data)["group_hash"] is None
     chats = DialogueAugmentationSource(kind="dialogue_augmentation", path="c.jsonl", writer=writer)
     turns = [{"role": "user", "content": "Tips?"}, {"role": "assistant", "content": "Salt."}]
