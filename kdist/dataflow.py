@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdist import storage
+from kdist.runtime import SIDE_STAGE_CPUS
 
 AGGREGATOR_CPUS = 0.1
-SIDE_STAGE_CPUS = 0.1
 ROWS_PER_PARTITION = 250_000
 # A worker holds this many rows of the stored side (prompts with their messages: a few
 # hundred bytes a row, so about 0.2 GB at most).

@@ -31,6 +31,12 @@ CPU_WORKER_ENV = {
 }
 
 
+# Ray resources of a light Ray Data step beside the models (hashing, joins, prompt rows,
+# writes): on a 2-core machine, steps that ask for a whole CPU each starve the model workers
+# and one another, and the pipeline never finishes.
+SIDE_STAGE_CPUS = 0.1
+
+
 def worker_env(use_gpu: bool) -> dict[str, str]:
     # Ray Train turns a worker's print() into a log record and also echoes it when stdout is
     # wrapped, as Ray's workers' stdout is: every progress line reached the driver twice.

@@ -31,10 +31,9 @@ import pyarrow as pa
 from kdist import dataflow, storage, templating
 from kdist.errors import UsageError
 from kdist.rows import REQUEST_SCHEMA
+from kdist.runtime import SIDE_STAGE_CPUS
 
 log = logging.getLogger(__name__)
-
-SIDE_STAGE_CPUS = 0.1
 WRITER_CANDIDATE = "writer"
 GENERATED_DIR = "generated"
 OUTCOMES = ("parsed", "unparsable", "errors", "short", "rows")

@@ -43,14 +43,12 @@ from kdist.llm.models import weights_fingerprint
 from kdist.llm.remote import error_reason
 from kdist.llm.store import HashSet, ResponseStore, new_run_id, response_key
 from kdist.rows import REQUEST_COLUMNS, RESPONSE_SCHEMA
-from kdist.runtime import cluster_has_gpus
+from kdist.runtime import SIDE_STAGE_CPUS, cluster_has_gpus
 
 log = logging.getLogger(__name__)
 
-# Ray resources per actor: remote clients wait on the network; side stages are light. On a
-# 2-core machine, stages asking for a whole CPU each starve one another.
+# Ray resources per HTTP actor: remote clients wait on the network.
 REMOTE_WORKER_CPUS = 0.25
-SIDE_STAGE_CPUS = 0.1
 # Rows hashed per call (each call also records what was asked, one small shard).
 HASH_BATCH_ROWS = 4096
 HASH_WORKERS = 2

@@ -17,11 +17,7 @@ import os
 from typing import Any
 
 from kdist.endpoints import VLLMEndpoint
-from kdist.runtime import cluster_has_gpus
-
-# Light stages beside the engine: on a 2-core machine, stages that ask for a whole CPU each
-# starve the engine and the pipeline never finishes.
-SIDE_STAGE_CPUS = 0.1
+from kdist.runtime import SIDE_STAGE_CPUS, cluster_has_gpus
 
 # vLLM-on-CPU settings for the engine actors: a 1 GiB KV cache, loopback only, and the engine
 # in-process (about 2 s to start instead of 34 s with its own process).

@@ -33,14 +33,13 @@ from kdist.data.candidates import CANDIDATE_SCHEMA, unit_candidates
 from kdist.data.selection import KEY_COLUMNS, select
 from kdist.errors import UsageError
 from kdist.llm.store import ResponseStore, new_run_id
+from kdist.runtime import SIDE_STAGE_CPUS
 from kdist.rows import PROMPT_SCHEMA, RESPONSE_SCHEMA
 from kdist.stages import StageContext
 from kdist.tasks import Task, task_for
 from kdist.tasks.multiple_choice import MultipleChoice
 
 log = logging.getLogger(__name__)
-
-SIDE_STAGE_CPUS = 0.1
 ROWS_PER_BLOCK = 4096
 SOURCE_CANDIDATE = "source"
 SOURCE_RUN_PREFIX = "source"
