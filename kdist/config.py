@@ -689,11 +689,27 @@ class RunConfig(Section):
 # --- loading, overrides, errors -------------------------------------------------------------
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: YAML 1.1 needs a dot in a float, so
+    `learning_rate: 2e-4` (in a file or as an override) was the string '2e-4' and failed
+    validation as not a number."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """A config's YAML text as Python values (numbers as YAML 1.2 reads them)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config, apply dotted overrides (`teacher.concurrency=32`), validate."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as err:
@@ -726,7 +742,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override '{key}': '{part}' is not a section")
         node = child
-    node[leaf] = yaml.safe_load(text) if text else None
+    node[leaf] = read_yaml(text) if text else None
 
 
 def describe_first_error(err: ValidationError) -> str:

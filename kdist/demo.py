@@ -23,7 +23,7 @@ import pyarrow as pa
 import yaml
 
 from kdist import pipeline, storage
-from kdist.config import ConfigError, RunConfig, apply_override, validate_config
+from kdist.config import ConfigError, RunConfig, apply_override, read_yaml, validate_config
 from kdist.data.synthetic import vocabulary_text
 from kdist.rows import PROMPT_SCHEMA, SFT_SCHEMA
 from kdist.runtime import output_dir, ray_session
@@ -105,7 +105,7 @@ def _judge_fingerprint(config: RunConfig) -> str:
 def load_demo_config(config_path: str | None, overrides: list[str]) -> RunConfig:
     path = Path(config_path or _default_config_path())
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     for override in overrides:
@@ -127,7 +127,7 @@ def load_demo_config(config_path: str | None, overrides: list[str]) -> RunConfig
 def is_demo_config(config_path: str) -> bool:
     """A demo config names no models: the demo builds them (its `demo` section says how)."""
     try:
-        raw = yaml.safe_load(Path(config_path).read_text())
+        raw = read_yaml(Path(config_path).read_text())
     except (OSError, yaml.YAMLError):
         return False  # the normal loader reports it
     return isinstance(raw, dict) and "demo" in raw

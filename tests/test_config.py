@@ -63,6 +63,16 @@ def test_dotted_overrides_are_parsed_as_yaml(tmp_path):
     assert config.train.lora.target_modules == ["q_proj", "v_proj"]
 
 
+def test_exponent_floats_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    # YAML 1.1 (PyYAML's default) reads 2e-4 as a string; validation then refused it
+    path = write(tmp_path, {**MINIMAL, "train": {"learning_rate": 1.0}})
+    path.write_text(path.read_text().replace("learning_rate: 1.0", "learning_rate: 2e-4"))
+    assert load_config(path).train.learning_rate == 2e-4
+    config = load_config(path, ["train.learning_rate=+3E-2", "train.max_seconds=1_2e1", "run.name=1e3x"])
+    assert config.train.learning_rate == 0.03 and config.train.max_seconds == 120.0
+    assert config.run.name == "1e3x"
+
+
 def test_malformed_override_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(write(tmp_path, MINIMAL), ["teacher.concurrency"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from kdist.config import RunConfig, apply_override, load_config, redacted
+from kdist.config import RunConfig, apply_override, load_config, read_yaml, redacted
 
 
 @dataclass
@@ -34,7 +34,7 @@ def load_shipped_config(path: str | Path, overrides: list[str], stage: str) -> S
         config = load_demo_config(str(path), list(overrides))
     else:
         config = load_config(path, overrides)
-    raw = yaml.safe_load(Path(path).read_text())
+    raw = read_yaml(Path(path).read_text())
     for override in overrides:
         apply_override(raw, override)
     return ShippedConfig(raw=raw, config=config)
