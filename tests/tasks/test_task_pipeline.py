@@ -1,11 +1,9 @@
 """A task family end to end on the loopback endpoint: prepare -> generate -> judge -> filter.
 
-math: GSM8K-style JSONL, the teacher on the loopback OpenAI server (which echoes a prompt's
-first words: a number the math parser reads), the rule judge keeps answers that parse.
 synthetic export: no teacher is asked; the export's completions are the answers filter keeps.
-conversation, extraction, nli, summarization and grading in one test, each from a file of its
-own columns to sft/ with scripted teacher answers, then a few training steps of the tiny student
-on their rows together.
+Every family but multiple choice (the demo's) in one test, each from a file of its own columns
+to sft/ with scripted teacher answers, then a few training steps of the tiny student on their
+rows together.
 """
 
 from __future__ import annotations
@@ -39,22 +37,6 @@ def _sft(tmp_path, split: str) -> list[dict]:
     return storage.read_table(str(tmp_path / "run" / "sft" / split)).to_pylist()
 
 
-def test_math_from_jsonl_through_the_loopback_teacher(tmp_path):
-    rows = [{"question": f"Tom has {i} apples and buys 3 more. How many now?", "answer": f"{i} + 3 = {i + 3}\n#### {i + 3}"}
-            for i in range(40)]  # fmt: skip
-    (tmp_path / "gsm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = {"task": "math", "source": {"kind": "jsonl", "path": str(tmp_path / "gsm.jsonl")},
-            "splits": {"train": 30, "validation": 5, "test": 5}}  # fmt: skip
-    with LLMServer(ServerSettings()) as server:
-        config = _config(tmp_path, data, {"endpoint": server.openai_base_url, "splits": ["train", "validation"]})
-        assert pipeline.run_stages(config, STAGES) == 0
-        assert len(server.stats()["requests"]) == 35  # train and validation, once each
-    train = _sft(tmp_path, "train")
-    assert len(train) == 30 and len(_sft(tmp_path, "validation")) == 5
-    assert train[0]["messages"][0]["content"].endswith('final answer on its own line as "#### <number>".')
-    assert train[0]["messages"][-1]["role"] == "assistant"
-
-
 def test_synthetic_export_answers_are_trained_on_without_asking_a_teacher(tmp_path):
     rows = [{"id": f"t{i}", "prompt": f"Ticket {i}: where is my parcel?", "completion": f"Parcel {i} ships today.",
              "quality": 5.0 if i % 4 else 4.9} for i in range(40)]  # fmt: skip
@@ -73,7 +55,8 @@ def test_synthetic_export_answers_are_trained_on_without_asking_a_teacher(tmp_pa
 
 # Per family: a source row (index i), and the teacher's scripted answer, matched by a phrase of
 # the family's template (or, for a chat, by its question): a multi-turn chat, a JSON answer
-# checked against a schema, a label, a summary and a grade (math and qa have tests above).
+# checked against a schema, a label, a summary, a grade, a worked number and a short answer
+# from a context (multiple choice is the demo's task).
 FAMILIES = {
     "conversation": (lambda i: {"messages": [{"role": "user", "content": "I want pasta."},
                                              {"role": "assistant", "content": "Boil salted water."},
@@ -90,10 +73,14 @@ FAMILIES = {
     "grading": (lambda i: {"question": f"Where is parcel {i}?", "context": "Parcels ship within a day.",
                            "answer": f"Parcel {i} ships today.", "score": 0.9},
                 r"Grade the answer to the question", '{"score": 0.9, "rationale": "Matches the context."}'),
+    "math": (lambda i: {"question": f"Tom has {i} apples and buys 3 more. How many now?", "answer": f"#### {i + 3}"},
+             r"final answer on its own line", "He adds three.\n#### 7"),
+    "qa": (lambda i: {"question": f"When does parcel {i} ship?", "context": "Parcels ship within a day."},
+           r"Answer briefly", "Within a day."),
 }  # fmt: skip
 
 
-def test_five_task_families_from_their_files_to_a_few_training_steps(tmp_path, tiny_model_dir):
+def test_every_task_family_from_its_file_to_a_few_training_steps(tmp_path, tiny_model_dir):
     from kdist.train.loop import TrainSpec
     from kdist.train.trainer import run_training
 
