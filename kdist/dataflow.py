@@ -5,9 +5,8 @@ Two ways, chosen by the stored table's size:
   columns once, straight from storage, keeps them (keyed by the files' identity, so a table
   rewritten in between is read again) and joins every batch of the stream against them; no
   shuffle, and a run of a few thousand rows costs no more than its reads. These are tasks, not
-  actors: Ray reuses a task's worker process, while every actor starts a fresh one, which cost
-  2-3 s per join per stage on 2 cores (measured: a 15-row rule judge took 7 s, most of it
-  starting its join actors);
+  actors: Ray reuses a task's worker process, while every actor starts a fresh one, about
+  3.5 s a join on 2 cores against 0.1 s as tasks (benchmarks/side_stage_workers.py);
 - hash shuffle (larger tables): Ray Data's own join, which partitions both sides across
   aggregator actors. Those actors ask for a fraction of a CPU: on a small machine whole-CPU
   actors starve the readers that feed them. Its fixed cost (about 9 s a join on 2 cores,

@@ -164,7 +164,7 @@ def _hash_and_skip_done(
 ) -> pa.Table:
     """Hash each request, record it as asked by this run, and pass on only those without a
     successful answer. A task, not an actor: Ray reuses a task's worker process, while an actor
-    starts a fresh one (2-3 s a stage on 2 cores)."""
+    starts a fresh one (about 3.5 s a stage on 2 cores)."""
     hashed = hash_requests(batch, identity, sampling)
     ResponseStore(store_uri).record_requests(hashed, run_id)
     return hashed.filter(pa.array(~_done_hashes(done[0]).contains(hashed["request_hash"])))
