@@ -46,9 +46,8 @@ def _join(way: str, stream: Any, uri: str) -> Any:
         return dataflow.join_stored(stream, uri, COLUMNS, ON)
     from ray.data import ActorPoolStrategy
 
-    stored = {"uri": uri, "version": storage.files_fingerprint(uri), "columns": tuple(COLUMNS), "on": ON}
     return stream.map_batches(
-        _ActorJoin, fn_constructor_kwargs={"stored": stored}, batch_format="pyarrow",
+        _ActorJoin, fn_constructor_kwargs={"stored": dataflow.stored_side_key(uri, COLUMNS, ON)}, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=2), num_cpus=SIDE_STAGE_CPUS,
     )  # fmt: skip
 

@@ -11,7 +11,9 @@ Two ways, chosen by the stored table's size:
   aggregator actors. Those actors ask for a fraction of a CPU: on a small machine whole-CPU
   actors starve the readers that feed them. Its fixed cost (about 9 s a join on 2 cores,
   measured) pays off only for tables too large to copy to every worker.
-Neither holds the tables in the driver.
+Neither holds the tables in the driver. A worker process that ran a broadcast join keeps its
+last two stored sides (at most 2 x BROADCAST_MAX_ROWS rows) until it exits or a later join
+replaces them: the memory that buys not reading them again.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kdist import storage
-from kdist.runtime import SIDE_STAGE_CPUS
+from kdist.runtime import SIDE_STAGE_CPUS, SIDE_STAGE_TASKS
 
 AGGREGATOR_CPUS = 0.1
 ROWS_PER_PARTITION = 250_000
 # A worker holds this many rows of the stored side (prompts with their messages: a few
 # hundred bytes a row, so about 0.2 GB at most).
 BROADCAST_MAX_ROWS = 500_000
-BROADCAST_WORKERS = 2
 
 
 def join_stored(stream: Any, uri: str, columns: list[str], on: tuple[str, ...]) -> Any:
@@ -38,11 +39,9 @@ def join_stored(stream: Any, uri: str, columns: list[str], on: tuple[str, ...]) 
     the result has the stream's columns plus `columns` of the stored table."""
     rows = storage.count_rows(uri)
     if rows <= BROADCAST_MAX_ROWS:
-        stored = {"uri": uri, "version": storage.files_fingerprint(uri), "columns": tuple(columns), "on": on}
-        # At most two at once, as many as hold the stored side: more would each read it again.
         return stream.map_batches(
-            _broadcast_join, fn_kwargs={"stored": stored}, batch_format="pyarrow", concurrency=BROADCAST_WORKERS,
-            num_cpus=SIDE_STAGE_CPUS,
+            _broadcast_join, fn_kwargs={"stored": stored_side_key(uri, columns, on)}, batch_format="pyarrow",
+            concurrency=SIDE_STAGE_TASKS, num_cpus=SIDE_STAGE_CPUS,
         )  # fmt: skip
     stored = storage.read_dataset(uri, columns=list(dict.fromkeys([*on, *columns])))
     return stream.join(
@@ -57,6 +56,12 @@ def key_column(table: pa.Table, on: tuple[str, ...]) -> pa.Array:
         return pc.cast(table[on[0]], pa.string()).combine_chunks()
     parts = [pc.fill_null(pc.cast(table[name], pa.string()), "") for name in on]
     return pc.binary_join_element_wise(*parts, "\x1f").combine_chunks()
+
+
+def stored_side_key(uri: str, columns: list[str], on: tuple[str, ...]) -> dict[str, Any]:
+    """What names a stored side in a worker's cache: the table, its files' identity (so a
+    table rewritten in between is read again) and the columns."""
+    return {"uri": uri, "version": storage.files_fingerprint(uri), "columns": tuple(columns), "on": on}
 
 
 def _broadcast_join(batch: pa.Table, stored: dict[str, Any]) -> pa.Table:

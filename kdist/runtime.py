@@ -35,6 +35,10 @@ CPU_WORKER_ENV = {
 # writes): on a 2-core machine, steps that ask for a whole CPU each starve the model workers
 # and one another, and the pipeline never finishes.
 SIDE_STAGE_CPUS = 0.1
+# Tasks of one side step at once. Each worker process reads the step's stored side (a join's
+# table, the done set of request hashes) once and keeps it, so more at once would each read
+# it again; two is what the actor pools they replaced had.
+SIDE_STAGE_TASKS = 2
 
 
 def worker_env(use_gpu: bool) -> dict[str, str]:
@@ -55,8 +59,8 @@ def configure_ray_data() -> None:
       a whole CPU, which never gets one while model actors hold every CPU of a small node
       (seen: 2 hf teacher actors on 2 cores, and the generate stage waited forever); V1 read
       tasks take the fraction kdist.storage asks for.
-    - Side stages cap their tasks at two at once (kdist.dataflow); Ray Data warns on every run
-      smaller than two blocks that the cap is not reached, which is no news to anyone.
+    - Side steps cap their tasks at SIDE_STAGE_TASKS at once; Ray Data warns on every run of
+      fewer blocks that the cap is not reached, which is no news to anyone.
     """
     import warnings
 

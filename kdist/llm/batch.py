@@ -43,7 +43,7 @@ from kdist.llm.models import weights_fingerprint
 from kdist.llm.remote import error_reason
 from kdist.llm.store import HashSet, ResponseStore, new_run_id, response_key
 from kdist.rows import REQUEST_COLUMNS, RESPONSE_SCHEMA
-from kdist.runtime import SIDE_STAGE_CPUS, cluster_has_gpus
+from kdist.runtime import SIDE_STAGE_CPUS, SIDE_STAGE_TASKS, cluster_has_gpus
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 REMOTE_WORKER_CPUS = 0.25
 # Rows hashed per call (each call also records what was asked, one small shard).
 HASH_BATCH_ROWS = 4096
-HASH_WORKERS = 2
 # Ray Data runs up to 4 batches of a block at once in an async actor (its default). Two
 # blocks run at once per HTTP actor (max_concurrent_calls_per_actor: without it Ray Data runs
 # one task at a time per actor), so a call is always there to take over the stream's
@@ -186,7 +185,7 @@ def _not_yet_answered(requests: Any, endpoint: Endpoint, store: ResponseStore, r
     hashed = requests.map_batches(
         _hash_and_skip_done,
         fn_kwargs={**hash_settings(endpoint), "done": [done], "store_uri": store.uri, "run_id": run_id},
-        batch_size=HASH_BATCH_ROWS, batch_format="pyarrow", concurrency=HASH_WORKERS, num_cpus=SIDE_STAGE_CPUS,
+        batch_size=HASH_BATCH_ROWS, batch_format="pyarrow", concurrency=SIDE_STAGE_TASKS, num_cpus=SIDE_STAGE_CPUS,
     )  # fmt: skip
     # Blocks small enough that every replica gets some (one block feeds one actor).
     rows = max(1, min(endpoint.batch_size * BATCHES_PER_BLOCK, -(-expected_rows // endpoint.replicas)))
