@@ -37,7 +37,13 @@ chunked loss on the same inputs (rtol 1e-4); a mismatch stops the run. Peer figu
 `<vocab>_<peer>_speed_ratio` (kdist's throughput over the peer's, i.e. peer s / kdist s:
 target >= 1).
 
+With --device cuda (a GPU, where the loss runs in training), every variant runs in one process:
+memory is the caching allocator's peak above what was allocated just before the pass (every
+variant's inputs are in each baseline alike), time the median of synchronised passes; --dtype
+bf16 gives the inputs in bf16 (values then checked at bf16's precision, rtol 2e-2).
+
 Usage: python benchmarks/kd_loss_memory.py [--tokens 4096] [--vocabs 32000 128256] [--peers]
+       [--device cuda [--dtype bf16]]
 """
 
 from __future__ import annotations
@@ -64,18 +70,21 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def make_step(variant: str, vocab: int, tokens: int, hidden: int, chunk: int | None):
-    """A closure doing one forward+backward of the loss, inputs allocated up front."""
+def make_step(variant: str, vocab: int, tokens: int, hidden: int, chunk: int | None,
+              device: str = "cpu", dtype: str = "fp32"):
+    """A closure doing one forward+backward of the loss, inputs allocated up front (drawn in
+    fp32 on the CPU, so every device and dtype sees the same numbers)."""
     import torch
 
     from kdist.train.losses import KDParams, OnlineTeacher, chunked_kd_loss, kd_loss
 
     torch.manual_seed(0)
-    h = torch.randn(tokens, hidden, requires_grad=True)
-    w = (torch.randn(vocab, hidden) * 0.02).requires_grad_()
-    th = torch.randn(tokens, hidden)
-    tw = torch.randn(vocab, hidden) * 0.02
-    labels = torch.randint(0, vocab, (tokens,))
+    to = {"device": device, "dtype": getattr(torch, DTYPES[dtype])}
+    h = torch.randn(tokens, hidden).to(**to).requires_grad_()
+    w = (torch.randn(vocab, hidden) * 0.02).to(**to).requires_grad_()
+    th = torch.randn(tokens, hidden).to(**to)
+    tw = (torch.randn(vocab, hidden) * 0.02).to(**to)
+    labels = torch.randint(0, vocab, (tokens,)).to(device)
     params = KDParams(alpha=0.5, temperature=2.0, divergence="forward_kl")
     h.grad = torch.zeros_like(h)  # gradient buffers belong to the baseline, for both
     w.grad = torch.zeros_like(w)
@@ -100,6 +109,7 @@ def make_step(variant: str, vocab: int, tokens: int, hidden: int, chunk: int | N
 
 
 PEERS = ("liger", "trl")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # torch attribute names
 
 
 def _peer_loss(variant: str, params):
@@ -157,6 +167,62 @@ def measure_time(vocab, tokens, hidden, chunk, repeats, variants) -> dict:
             "losses": {v: round(x, 6) for v, x in losses.items()}}
 
 
+def measure_cuda(vocab, tokens, hidden, chunk, repeats, variants, dtype) -> dict:
+    """On a GPU, in one process: the caching allocator's peak above what was allocated just
+    before each variant's pass (every variant's inputs are in all baselines alike), and the
+    median of synchronised forward+backward passes, variants alternating."""
+    import torch
+
+    steps = {v: make_step(v, vocab, tokens, hidden, chunk, "cuda", dtype) for v in variants}
+    losses = {v: step() for v, step in steps.items()}  # warm-up (Liger's compilation, cuBLAS)
+    check_equal(steps, losses, rtol=BF16_RTOL if dtype == "bf16" else 1e-4)
+    result: dict = {"losses": {v: round(x, 6) for v, x in losses.items()}}
+    for v, step in steps.items():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        result[f"{v}_peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    for _ in range(repeats):
+        for v, step in steps.items():
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()  # .item() in the step synchronises
+            times[v].append(time.perf_counter() - start)
+    result.update({f"{v}_s": statistics.median(t) for v, t in times.items()})
+    return result
+
+
+# bf16 inputs: every variant rounds its logits and gradients to bf16 at different points, so
+# they agree to bf16's precision (8 bits of mantissa), not fp32's.
+BF16_RTOL = 2e-2
+
+
+def cuda_figures(args, variants) -> dict:
+    import torch
+
+    figures: dict = {}
+    for vocab in args.vocabs:
+        r = measure_cuda(vocab, args.tokens, args.hidden, args.chunk_size, args.repeats,
+                         variants, args.dtype)
+        key = f"v{vocab // 1000}k"
+        for v in variants:
+            figures[f"{key}_{v}_peak_mib"] = round(r[f"{v}_peak_mib"], 1)
+            figures[f"{key}_{v}_s"] = round(r[f"{v}_s"], 4)
+        figures[f"{key}_peak_ratio"] = round(r["chunked_peak_mib"] / r["naive_peak_mib"], 4)
+        figures[f"{key}_time_ratio"] = round(r["chunked_s"] / r["naive_s"], 3)
+        for peer in (v for v in variants if v in PEERS):
+            figures[f"{key}_{peer}_peak_ratio"] = round(r["chunked_peak_mib"]
+                                                        / r[f"{peer}_peak_mib"], 4)
+            figures[f"{key}_{peer}_speed_ratio"] = round(r[f"{peer}_s"] / r["chunked_s"], 3)
+        figures[f"{key}_losses"] = r["losses"]
+        print(f"vocab {vocab}: {r}", file=sys.stderr)
+        torch.cuda.empty_cache()
+    return figures
+
+
 def check_equal(steps, losses, rtol=1e-4) -> None:
     """Every variant's loss and gradients (after one pass on the same inputs) equal to kdist's
     chunked loss within rtol of its largest magnitude: the timings compare the same quantity."""
@@ -203,10 +269,25 @@ def main() -> None:
     parser.add_argument("--child", choices=["naive", "chunked", "time", *PEERS])
     parser.add_argument("--peers", action="store_true",
                         help="also Liger-Kernel's and TRL's losses (issue 19; .venv-bench)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: the allocator's peak and synchronised times, one process")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                        help="inputs' dtype (bf16 with --device cuda only)")
     args = parser.parse_args()
+    if args.dtype != "fp32" and args.device != "cuda":
+        parser.error("--dtype bf16 needs --device cuda (the CPU figures are fp32)")
     if args.peers:
         peers.require("liger_kernel", "trl")
     variants = ["naive", "chunked", *(PEERS if args.peers else ())]
+    if args.device == "cuda":
+        print(json.dumps({
+            "benchmark": "kd_loss_memory",
+            "figures": cuda_figures(args, variants),
+            "params": {**common_params(args),
+                       "machine": f"{__import__('torch').cuda.get_device_name()}, "
+                                  f"{args.dtype}, torch {__import__('torch').__version__}"},
+        }))
+        return
     if args.child:
         import torch
 
@@ -249,13 +330,18 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "kd_loss_memory",
         "figures": figures,
-        "params": {"tokens": args.tokens, "vocabs": args.vocabs, "hidden": args.hidden,
-                   "repeats": args.repeats, "chunk_size": args.chunk_size or "auto",
-                   "threads": args.threads, "loss": "alpha=0.5 CE + T=2 forward KL, online",
-                   **({"peers": peers.versions("liger-kernel", "trl", "transformers")} if args.peers else {}),
+        "params": {**common_params(args), "threads": args.threads,
                    "machine": f"{platform.machine()} {os.cpu_count()} cores, CPU, "
                               f"torch {__import__('torch').__version__}"},
     }))
+
+
+def common_params(args) -> dict:
+    return {"tokens": args.tokens, "vocabs": args.vocabs, "hidden": args.hidden,
+            "repeats": args.repeats, "chunk_size": args.chunk_size or "auto",
+            "loss": "alpha=0.5 CE + T=2 forward KL, online",
+            **({"peers": peers.versions("liger-kernel", "trl", "transformers")}
+               if args.peers else {})}
 
 
 def peer_figures(key, vocab, naive_tokens, chunked, times, args) -> dict:

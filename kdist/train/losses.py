@@ -79,6 +79,11 @@ TailMode = Literal["bucket", "renormalise"]
 CrossMode = Literal["uld", "align"]
 IGNORE_INDEX = -100
 _CHUNK_LOGITS = 1 << 23  # logits per chunk when the caller does not choose
+# On a GPU, chunks of fewer tokens leave the head's matmuls too small to fill the chip, and
+# the head's fp32 gradient is read and written once per chunk: on an H200 at a 128k vocabulary
+# 512 tokens took 0.12 s a pass against 0.40 s at 2^23 logits (65 tokens), at the same peak
+# memory, which the head's gradient buffers set there (benchmarks/RESULTS.md).
+_GPU_MIN_CHUNK_TOKENS = 512
 _TAIL_FLOOR = -80.0  # log of the smallest tail mass the top-k bucket represents
 
 
@@ -420,11 +425,12 @@ def chunked_kd_loss(
     whose label is -100 are dropped before any logits are built, so padding and prompt tokens
     cost nothing. Gradients flow to hidden, head_weight and head_bias when they require them.
     chunk_size (tokens per chunk) defaults to about 2^23 logits per chunk (32 MiB in fp32):
-    256 tokens at a 32k vocabulary, 64 at 128k; big enough that the matmuls stay efficient.
+    256 tokens at a 32k vocabulary, 64 at 128k, enough for a CPU's matmuls; on a GPU at least
+    512 tokens.
     transform: the student's post-head logit transform (the teacher's rides in OnlineTeacher).
     Under torch.no_grad (validation) no gradient buffers are allocated at all.
     """
-    chunk_size = chunk_size or max(16, _CHUNK_LOGITS // head_weight.shape[0])
+    chunk_size = chunk_size or _default_chunk_size(head_weight)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     labels = labels.reshape(-1)
     keep = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
@@ -436,6 +442,11 @@ def chunked_kd_loss(
     )
     norm = torch.as_tensor(num_loss_tokens, dtype=loss.dtype, device=loss.device)
     return LossParts(loss=loss / norm, ce=ce / norm, kd=kd / norm)
+
+
+def _default_chunk_size(head_weight: torch.Tensor) -> int:
+    tokens = max(16, _CHUNK_LOGITS // head_weight.shape[0])
+    return max(tokens, _GPU_MIN_CHUNK_TOKENS) if head_weight.is_cuda else tokens
 
 
 def _select_teacher(teacher, keep: torch.Tensor):
@@ -490,7 +501,7 @@ class _ChunkedKD(torch.autograd.Function):
             if needs[0]:
                 grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if needs[1]:
-                grad_weight.addmm_(grad_logits.T.to(grad_weight.dtype), h.to(grad_weight.dtype))
+                _accumulate_head_grad(grad_weight, grad_logits, h)
             if needs[2]:
                 grad_bias += grad_logits.sum(0).to(grad_bias.dtype)
             totals += torch.stack([loss_sum.detach(), ce_sum.detach(), kd_sum.detach()])
@@ -505,9 +516,13 @@ class _ChunkedKD(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         weight_dtype, bias_dtype = ctx.dtypes
         scale = grad_loss
+        # The head's gradient is scaled in place: a scaled copy is a second head-sized fp32
+        # buffer (2 GiB at 128k x 4096; on the H200 the loss's peak there, 4,072 MiB, was two
+        # such buffers). Measured on the CPU at 32k x 4096: peak 1,037 -> 877 MiB. A second
+        # backward through the same graph then fails on the modified saved tensor, not silently.
         return (
             grad_hidden * scale.to(grad_hidden.dtype) if grad_hidden is not None else None,
-            (grad_weight * scale).to(weight_dtype) if grad_weight is not None else None,
+            grad_weight.mul_(scale).to(weight_dtype) if grad_weight is not None else None,
             (grad_bias * scale).to(bias_dtype) if grad_bias is not None else None,
             None,
             None,
@@ -516,6 +531,26 @@ class _ChunkedKD(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _accumulate_head_grad(grad_weight, grad_logits, h) -> None:
+    """grad_weight += grad_logits.T @ h, summed in grad_weight's fp32.
+
+    With bf16/fp16 hidden states on a GPU the product runs on the tensor cores at that
+    precision and cuBLAS adds it into the fp32 sum (out_dtype): done as an fp32 matmul it took
+    65% of the loss's GPU time on an H200 (benchmarks/kd_loss_memory.py --device cuda). The
+    gradient of the logits then enters the product in bf16, as in the model's own backward
+    (against fp64 the head's gradient came out as close as with the fp32 matmul, 1.05e-3
+    relative). Elsewhere (CPU, fp32) the product is an fp32 matmul.
+    """
+    if grad_weight.is_cuda and h.dtype in _LOW_PRECISION and grad_weight.dtype == torch.float32:
+        torch.addmm(grad_weight, grad_logits.T.to(h.dtype), h, out_dtype=torch.float32,
+                    out=grad_weight)
+    else:
+        grad_weight.addmm_(grad_logits.T.to(grad_weight.dtype), h.to(grad_weight.dtype))
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def _teacher_chunk(teacher, rows: slice):

@@ -280,3 +280,43 @@ def test_bf16_inputs_keep_their_dtype_and_stay_close_to_fp32():
                           OnlineTeacher(teacher16.hidden.double(), teacher16.head_weight.double()),
                           params, n)
     assert got.loss.item() == pytest.approx(ref.loss.item(), rel=1e-2)
+
+
+def test_a_scaled_backward_scales_the_head_gradient_once_and_a_second_backward_fails():
+    """The head's gradient is scaled in place in backward (no second head-sized buffer): the
+    scale still reaches it exactly once, and a second backward through the same graph raises
+    instead of returning a gradient scaled twice."""
+    hidden, weight, labels, t_hidden, t_weight = make_batch(seed=5)
+    n = int((labels != IGNORE_INDEX).sum())
+    params = KDParams(alpha=0.3, temperature=2.0)
+    w = weight.detach().requires_grad_()
+    loss = chunked_kd_loss(hidden, w, labels, OnlineTeacher(t_hidden, t_weight), params, n,
+                           chunk_size=8).loss
+    (3.0 * loss).backward(retain_graph=True)
+    expected = reference_loss(hidden @ weight.T, labels, t_hidden @ t_weight.T, 0.3, 2.0,
+                              "forward_kl", 0.5, n)
+    torch.testing.assert_close(w.grad, 3.0 * grads(expected, weight)[0])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run on an H200 too)")
+def test_on_a_gpu_bf16_head_gradient_sums_in_fp32_and_chunks_are_gpu_sized():
+    from kdist.train.losses import _default_chunk_size
+
+    hidden, weight, labels, t_hidden, t_weight = (t.cuda() for t in make_batch(seed=6, n=600))
+    n = int((labels != IGNORE_INDEX).sum())
+    params = KDParams(alpha=0.5, temperature=2.0)
+    w16 = weight.to(torch.bfloat16).requires_grad_()
+    teacher16 = OnlineTeacher(t_hidden.to(torch.bfloat16), t_weight.to(torch.bfloat16))
+    loss = chunked_kd_loss(hidden.to(torch.bfloat16), w16, labels, teacher16, params, n,
+                           chunk_size=64).loss
+    (g_w,) = grads(loss, w16)
+    ref_w = w16.detach().double().requires_grad_()
+    ref = chunked_kd_loss(hidden.to(torch.bfloat16).double(), ref_w, labels,
+                          OnlineTeacher(teacher16.hidden.double(), teacher16.head_weight.double()),
+                          params, n).loss
+    (g_ref,) = grads(ref, ref_w)
+    assert float((g_w.double() - g_ref).norm() / g_ref.norm()) < 1e-2
+    assert _default_chunk_size(torch.empty(128256, 8, device="cuda")) == 512
+    assert _default_chunk_size(torch.empty(128256, 8)) == 65
