@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support.tiny_models import demo_word_llama
 
 # Tests never reach a model hub: everything is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,15 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-32 Llama with a tokenizer trained on the demo task's words."""
-    from kdist import modelkit
-    from kdist.config import ModelBuildSection
-    from kdist.data import synthetic
-
-    out = tmp_path_factory.mktemp("tiny-model")
-    questions = [q.user_message() for _, _, q in synthetic.generate({"train": 200}, seed=0)]
-    tokenizer = modelkit.train_tokenizer(synthetic.vocabulary_text() + questions, 600, out)
-    modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=2, num_heads=4), tokenizer, out)
-    return out
+    return demo_word_llama(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="module")

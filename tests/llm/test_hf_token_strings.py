@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from support.tiny_models import demo_word_llama
 
 from kdist.llm.token_strings import char_offsets
 
@@ -19,16 +20,9 @@ PROMPT = [{"role": "user", "content": "Which item is a fruit? A) dog B) apple"}]
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> Path:
-    """A hidden-32 Llama with the demo's 600-token tokenizer (whole words: " fruit", " apple")."""
-    from kdist import modelkit
-    from kdist.config import ModelBuildSection
-    from kdist.data import synthetic
-
-    out = tmp_path_factory.mktemp("teacher")
-    questions = [q.user_message() for _, _, q in synthetic.generate({"train": 200}, seed=0)]
-    tokenizer = modelkit.train_tokenizer(synthetic.vocabulary_text() + questions, 600, out)
-    modelkit.build_llama(ModelBuildSection(hidden_size=32, num_layers=2, num_heads=4), tokenizer, out)
-    return out
+    """The demo's words as whole tokens (" fruit", " apple"): tests/llm's own tiny_model_dir has
+    another tokenizer."""
+    return demo_word_llama(tmp_path_factory.mktemp("teacher"))
 
 
 @pytest.fixture(scope="module")
