@@ -7,7 +7,6 @@ One implementation, used by the grading task's metrics and by judge distillation
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 ACCEPTABLE = 0.8  # the judge-distillation recipe's "acceptable": a score at or above 0.8
@@ -32,10 +31,6 @@ def judge_agreement(predicted: Sequence[float | None], reference: Sequence[float
     if len(pairs) >= 2:
         xs, ys = [p for p, _ in pairs], [r for _, r in pairs]
         if len(set(xs)) > 1 and len(set(ys)) > 1:  # a constant series has no correlation
-            result["pearson"] = _finite(pearsonr(xs, ys).statistic)
-            result["spearman"] = _finite(spearmanr(xs, ys).statistic)
+            result["pearson"] = float(pearsonr(xs, ys).statistic)
+            result["spearman"] = float(spearmanr(xs, ys).statistic)
     return result
-
-
-def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)

@@ -76,7 +76,7 @@ def _from_json(text: str, key: str) -> tuple[float | str, str] | None:
             data = json.loads(blob)
         except json.JSONDecodeError:
             continue
-        if isinstance(data, dict) and key in data:
+        if key in data:  # the pattern's braces make every parsed blob a dict
             value = data[key]
             if key == "score":
                 if isinstance(value, bool) or not isinstance(value, (int, float, str)):

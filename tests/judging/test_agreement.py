@@ -31,3 +31,20 @@ def test_a_constant_judge_has_no_correlation():
 def test_scores_of_unequal_length_are_refused_saying_both_lengths():
     with pytest.raises(ValueError, match="^3 predicted scores for 2 reference scores$"):
         judge_agreement([0.5, 1.0, 0.0], [1.0, 0.0])
+
+
+def test_the_threshold_is_inclusive_on_both_sides_and_two_pairs_correlate():
+    # 0.8 is acceptable for the student's score as for the teacher's
+    assert judge_agreement([0.8, 0.79], [0.9, 0.1])["accuracy"] == 1.0
+    assert judge_agreement([0.9, 0.1], [0.8, 0.79])["accuracy"] == 1.0
+    two = judge_agreement([0.2, 0.9], [0.1, 0.7])
+    assert two["pearson"] == pytest.approx(1.0) and two["spearman"] == pytest.approx(1.0)
+    one = judge_agreement([0.2, None], [0.1, 0.7])
+    assert one["pearson"] is None and one["accuracy"] == 0.5
+
+
+def test_a_constant_reference_or_no_pairs_give_none_not_nan():
+    constant_teacher = judge_agreement([0.9, 0.1, 0.5], [1.0, 1.0, 1.0])
+    assert constant_teacher["pearson"] is None and constant_teacher["spearman"] is None
+    empty = judge_agreement([], [])
+    assert (empty["pairs"], empty["accuracy"], empty["pearson"]) == (0, None, None)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kdist.judging.verdicts import Scale, parse_grade, parse_verdict
+from kdist.judging.verdicts import Grade, Scale, parse_grade, parse_verdict
 
 FIVE = Scale.parse("1-5")
 
@@ -60,3 +60,28 @@ def test_rationale_and_normalisation():
 )
 def test_pairwise_verdicts(text, verdict):
     assert parse_verdict(text) == verdict
+
+
+def test_the_scale_is_closed_and_an_empty_answer_has_an_empty_rationale():
+    scale = Scale.parse("1-5")
+    assert parse_grade("Score: 1", scale).score == 1.0 and parse_grade("Score: 5", scale).score == 5.0
+    assert parse_grade("", scale) == parse_grade(None, scale) == Grade(None, "")
+    # out of the scale: no score, but the judge's rationale is kept for the reader
+    assert parse_grade('{"score": 9, "rationale": "great"}', scale) == Grade(None, "great")
+
+
+def test_json_blobs_are_read_from_the_last_readable_one_back():
+    scale = Scale.parse("1-5")
+    # the last blob is not JSON, or holds a score that is not a number: the one before counts
+    assert parse_grade('{"score": 4, "rationale": "ok"} then {not json}', scale) == Grade(4.0, "ok")
+    assert parse_grade('{"score": 2} {"score": "high"}', scale).score == 2.0
+    assert parse_grade('{"score": 3} {"score": true}', scale).score == 3.0
+    assert parse_grade('{"score": 3, "reason": "short"}', scale).rationale == "short"
+    assert parse_grade('{"score": 3}', scale).rationale == ""
+
+
+def test_a_labelled_score_wins_over_other_numbers_and_rationales_are_tidied():
+    scale = Scale.parse("1-5")
+    assert parse_grade("I weighed 2 points against 3. Score: 4", scale).score == 4.0
+    assert parse_grade("Fine.\n\n  Clear   answer. 4", scale).rationale == "Fine. Clear answer. 4"
+    assert len(parse_grade("word " * 200 + "Score: 4", scale).rationale) == 500
