@@ -168,9 +168,7 @@ def measure_time(vocab, tokens, hidden, chunk, repeats, variants) -> dict:
 
 
 def measure_cuda(vocab, tokens, hidden, chunk, repeats, variants, dtype) -> dict:
-    """On a GPU, in one process: the caching allocator's peak above what was allocated just
-    before each variant's pass (every variant's inputs are in all baselines alike), and the
-    median of synchronised forward+backward passes, variants alternating."""
+    """Peak memory and median time of each variant on the GPU (module docstring)."""
     import torch
 
     steps = {v: make_step(v, vocab, tokens, hidden, chunk, "cuda", dtype) for v in variants}
@@ -276,6 +274,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.dtype != "fp32" and args.device != "cuda":
         parser.error("--dtype bf16 needs --device cuda (the CPU figures are fp32)")
+    if args.device == "cuda" and not __import__("torch").cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU here")
     if args.peers:
         peers.require("liger_kernel", "trl")
     variants = ["naive", "chunked", *(PEERS if args.peers else ())]
