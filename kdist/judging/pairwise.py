@@ -90,8 +90,7 @@ def summarize(
 def _win_rate_of(scores: np.ndarray, axis: int = -1) -> np.ndarray:
     wins = np.sum(scores == 1.0, axis=axis)
     decided = np.sum(scores != 0.5, axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(decided > 0, wins / np.maximum(decided, 1), 0.5)
+    return np.where(decided > 0, wins / np.maximum(decided, 1), 0.5)  # all ties: even
 
 
 def bootstrap_win_rate(scores: np.ndarray, seed: int, resamples: int, confidence: float) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kdist.judging.pairwise import FIRST, SECOND, TIE, combine_orders, length_controlled_win_rate, summarize
+from kdist.judging.pairwise import FIRST, SECOND, TIE, _win_rate_of, combine_orders, length_controlled_win_rate, summarize
 
 
 @pytest.mark.parametrize(
@@ -95,6 +95,13 @@ def test_the_bootstrap_leaves_ties_out_and_rates_a_tied_resample_as_even():
     # 30 wins, 10 losses, 60 ties: the interval is around 0.75, not around 30/100
     low, high = summarize([FIRST] * 30 + [SECOND] * 10 + [TIE] * 60, [False] * 100).win_rate_ci
     assert 0.55 < low < 0.75 < high < 0.9
+
+
+def test_the_resampled_statistic_per_resample():
+    """The statistic the bootstrap computes on each resample (one row each): one decided
+    comparison is a win rate of 1 or 0, only ties are even."""
+    resamples = np.array([[1.0, 0.5, 0.5], [0.0, 0.5, 0.5], [0.5, 0.5, 0.5], [1.0, 0.0, 1.0]])
+    np.testing.assert_allclose(_win_rate_of(resamples), [1.0, 0.0, 0.5, 2 / 3])
 
 
 def test_the_bootstrap_is_seeded_and_follows_the_confidence_level():

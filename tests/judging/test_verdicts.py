@@ -74,8 +74,9 @@ def test_json_blobs_are_read_from_the_last_readable_one_back():
     scale = Scale.parse("1-5")
     # the last blob is not JSON, or holds a score that is not a number: the one before counts
     assert parse_grade('{"score": 4, "rationale": "ok"} then {not json}', scale) == Grade(4.0, "ok")
-    assert parse_grade('{"score": 2} {"score": "high"}', scale).score == 2.0
-    assert parse_grade('{"score": 3} {"score": true}', scale).score == 3.0
+    # (a second number in the text: a fallback to the text alone would find no single score)
+    assert parse_grade('{"score": 2} {"score": "high", "of": 5}', scale).score == 2.0
+    assert parse_grade('{"score": 3} {"score": true, "of": 5}', scale).score == 3.0
     assert parse_grade('{"score": 3, "reason": "short"}', scale).rationale == "short"
     assert parse_grade('{"score": 3}', scale).rationale == ""
 
