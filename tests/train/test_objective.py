@@ -139,3 +139,56 @@ def test_an_online_teacher_stays_frozen_through_training_steps():
     with torch.no_grad():  # dropout 0.5 in train mode would make these differ
         first, second = (teacher(input_ids=ids, attention_mask=mask).logits for _ in range(2))
     assert torch.equal(first, second)
+
+
+def test_loss_tokens_are_counted_after_the_causal_shift():
+    labels = torch.tensor([[IGNORE_INDEX, 5, 6], [7, 8, IGNORE_INDEX]])
+    assert count_loss_tokens(labels) == 3  # the first column is never a target
+
+
+def with_head(model: LlamaForCausalLM, rows: int, seed: int) -> LlamaForCausalLM:
+    """The model with a biased LM head of `rows` outputs (rows > V: padded past the shared
+    vocabulary, as some checkpoints pad theirs)."""
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(model.config.hidden_size, rows, bias=True)
+    torch.nn.init.normal_(head.bias, std=2.0)
+    model.lm_head = head
+    return model
+
+
+def test_biased_and_padded_heads_give_the_full_logits_formula():
+    """Heads with a bias (student and teacher) and with rows past the vocabulary cut by
+    logits_size: the loss and the student's gradients equal the formula on the models' own
+    logits, bias included and the padded rows left out."""
+    student, teacher = with_head(tiny(0), V + 3, 1), with_head(tiny(1, hidden=48), V + 5, 2)
+    ids, labels, mask = batch(2)
+    params = KDParams(alpha=0.4, temperature=2.0)
+    n = count_loss_tokens(labels)
+    objective = DistillationObjective(student, params, teacher, logits_size=V, chunk_size=5)
+    loss, _, _ = objective(ids, labels, n, attention_mask=mask)
+    loss.backward()
+    got = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1, :V]
+    with torch.no_grad():
+        t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1, :V]
+    ref = kd_loss(s_logits.reshape(-1, V), labels[:, 1:].reshape(-1), t_logits.reshape(-1, V),
+                  params, n).loss
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, p in zip(got, student.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
+    assert student.lm_head.bias.grad is not None and student.lm_head.bias.grad[V:].abs().sum() == 0
+
+
+def test_lora_on_the_head_is_refused_and_the_vocab_map_is_not_saved():
+    from peft import LoraConfig, get_peft_model
+
+    lora_head = get_peft_model(tiny(0), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match=r"^train.lora.target_modules: LoRA on the LM head .*"
+                                         r"modules_to_save: \[lm_head\]$"):
+        DistillationObjective(lora_head)
+    vocab_map = torch.arange(V)
+    objective = DistillationObjective(tiny(0), KDParams(alpha=0.5), tiny(1), vocab_map=vocab_map)
+    assert torch.equal(objective.vocab_map, vocab_map)
+    assert "vocab_map" not in objective.state_dict()  # derived from the tokenizers, not trained
