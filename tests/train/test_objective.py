@@ -41,26 +41,31 @@ def test_sequence_kd_equals_the_models_own_loss():
     assert kd.item() == 0.0 and ce.item() == pytest.approx(loss.item())
 
 
-def test_online_kd_equals_full_logits_formula_with_gradients():
-    student, teacher = tiny(0), tiny(1, hidden=48)
-    ids, labels, mask = batch(1)
-    params = KDParams(alpha=0.3, temperature=2.0, divergence="jsd", beta=0.4)
+def assert_full_logits_formula(student, teacher, params, seed: int, vocab: int = V, **kwargs):
+    """The objective's loss and the student's gradients equal kd_loss on the models' own
+    logits (their first `vocab` columns); the teacher gets no gradient."""
+    ids, labels, mask = batch(seed)
     n = count_loss_tokens(labels)
-    loss, _, _ = DistillationObjective(student, params, teacher, chunk_size=5)(
+    loss, _, _ = DistillationObjective(student, params, teacher, chunk_size=5, **kwargs)(
         ids, labels, n, attention_mask=mask)
     loss.backward()
     got = [p.grad.clone() for p in student.parameters()]
     student.zero_grad()
-    s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab]
     with torch.no_grad():
-        t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    ref = kd_loss(s_logits.reshape(-1, V), labels[:, 1:].reshape(-1), t_logits.reshape(-1, V),
-                  params, n).loss
+        t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab]
+    ref = kd_loss(s_logits.reshape(-1, vocab), labels[:, 1:].reshape(-1),
+                  t_logits.reshape(-1, vocab), params, n).loss
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     for a, p in zip(got, student.parameters()):
         torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_online_kd_equals_full_logits_formula_with_gradients():
+    params = KDParams(alpha=0.3, temperature=2.0, divergence="jsd", beta=0.4)
+    assert_full_logits_formula(tiny(0), tiny(1, hidden=48), params, seed=1)
 
 
 def test_offline_topk_and_lora_student():
@@ -158,27 +163,10 @@ def with_head(model: LlamaForCausalLM, rows: int, seed: int) -> LlamaForCausalLM
 
 def test_biased_and_padded_heads_give_the_full_logits_formula():
     """Heads with a bias (student and teacher) and with rows past the vocabulary cut by
-    logits_size: the loss and the student's gradients equal the formula on the models' own
-    logits, bias included and the padded rows left out."""
+    logits_size: the formula on the models' own logits, bias included, padded rows left out."""
     student, teacher = with_head(tiny(0), V + 3, 1), with_head(tiny(1, hidden=48), V + 5, 2)
-    ids, labels, mask = batch(2)
-    params = KDParams(alpha=0.4, temperature=2.0)
-    n = count_loss_tokens(labels)
-    objective = DistillationObjective(student, params, teacher, logits_size=V, chunk_size=5)
-    loss, _, _ = objective(ids, labels, n, attention_mask=mask)
-    loss.backward()
-    got = [p.grad.clone() for p in student.parameters()]
-    student.zero_grad()
-    s_logits = student(input_ids=ids, attention_mask=mask).logits[:, :-1, :V]
-    with torch.no_grad():
-        t_logits = teacher(input_ids=ids, attention_mask=mask).logits[:, :-1, :V]
-    ref = kd_loss(s_logits.reshape(-1, V), labels[:, 1:].reshape(-1), t_logits.reshape(-1, V),
-                  params, n).loss
-    ref.backward()
-    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
-    for a, p in zip(got, student.parameters()):
-        torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
-    assert student.lm_head.bias.grad is not None and student.lm_head.bias.grad[V:].abs().sum() == 0
+    assert_full_logits_formula(student, teacher, KDParams(alpha=0.4, temperature=2.0), seed=2,
+                               logits_size=V)
 
 
 def test_lora_on_the_head_is_refused_and_the_vocab_map_is_not_saved():
