@@ -82,7 +82,8 @@ _CHUNK_LOGITS = 1 << 23  # logits per chunk when the caller does not choose
 # On a GPU, chunks of fewer tokens leave the head's matmuls too small to fill the chip, and
 # the head's fp32 gradient is read and written once per chunk: on an H200 at a 128k vocabulary
 # 512 tokens took 0.12 s a pass against 0.40 s at 2^23 logits (65 tokens), at the same peak
-# memory, which the head's gradient buffers set there (benchmarks/RESULTS.md).
+# memory, which the head's gradient buffers set there (benchmarks/RESULTS.md; measured before
+# the head's gradient was scaled in place, which lowers that peak).
 _GPU_MIN_CHUNK_TOKENS = 512
 _TAIL_FLOOR = -80.0  # log of the smallest tail mass the top-k bucket represents
 
