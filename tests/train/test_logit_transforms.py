@@ -137,3 +137,25 @@ def test_no_grad_validation_allocates_no_head_gradient(monkeypatch):
     assert not loss.requires_grad
     torch.testing.assert_close(loss, model(input_ids=ids, attention_mask=mask,
                                            labels=labels).loss.detach(), rtol=1e-5, atol=1e-6)
+
+
+class _DoublingLlama(LlamaForCausalLM):
+    """A family kdist does not know: its forward doubles the logits, no config key says so."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits * 2
+        return out
+
+
+def test_an_unannounced_transform_is_refused_and_a_biased_head_passes():
+    with pytest.raises(ValueError, match=r"^_DoublingLlama: its forward transforms the LM head's "
+                                         r"output .*\(config keys that may say how: none\); "
+                                         r"this model is unsupported$"):
+        check_head_reproduces_logits(_DoublingLlama(LlamaConfig(**SIZES)))
+    biased = LlamaForCausalLM(LlamaConfig(**SIZES))
+    biased.lm_head = torch.nn.Linear(biased.config.hidden_size, biased.config.vocab_size, bias=True)
+    torch.nn.init.normal_(biased.lm_head.bias, std=2.0)
+    biased.train()
+    check_head_reproduces_logits(biased)  # the bias is part of the head's output
+    assert biased.training  # the check leaves the model's mode as it was
