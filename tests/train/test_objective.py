@@ -180,3 +180,13 @@ def test_lora_on_the_head_is_refused_and_the_vocab_map_is_not_saved():
     objective = DistillationObjective(tiny(0), KDParams(alpha=0.5), tiny(1), vocab_map=vocab_map)
     assert torch.equal(objective.vocab_map, vocab_map)
     assert "vocab_map" not in objective.state_dict()  # derived from the tokenizers, not trained
+
+
+@pytest.mark.parametrize("missing", ["teacher_input_ids", "align"])
+def test_cross_tokenizer_kd_without_the_teachers_tokens_or_alignment_says_so(missing):
+    ids, labels, mask = batch(4)
+    given = {"teacher_input_ids": ids, "align": torch.arange(12).expand(3, 12)}
+    del given[missing]
+    objective = DistillationObjective(tiny(0), KDParams(alpha=0.5, cross="uld"), tiny(1))
+    with pytest.raises(ValueError, match="^cross-tokenizer KD needs the teacher's tokens and the alignment$"):
+        objective(ids, labels, count_loss_tokens(labels), attention_mask=mask, **given)
