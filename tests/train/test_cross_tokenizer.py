@@ -240,28 +240,52 @@ def test_align_with_identical_vocabularies_is_plain_logit_kd():
     assert math.isfinite(cross.loss.item())
 
 
-def test_objective_reads_the_teacher_on_its_own_tokens():
-    """DistillationObjective's cross path == the definition on the two models' full logits,
-    the teacher's logits taken one position before each aligned teacher token."""
+def _tiny_llama(seed, vocab, hidden):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+        tie_word_embeddings=False)).to(torch.float64)
+
+
+def _softcapped_biased_gemma2(seed, vocab, hidden):
+    """A teacher whose logits are bias-shifted and soft-capped after its head."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2,
+        max_position_embeddings=32, final_logit_softcapping=3.0))
+    model.lm_head = torch.nn.Linear(hidden, vocab, bias=True)
+    torch.nn.init.normal_(model.lm_head.bias, std=2.0)
+    return model.to(torch.float64)
+
+
+@pytest.mark.parametrize(("teacher_kind", "t_len", "t_align"), [
+    # the teacher's rows span 1..11 of 12 tokens: position 0 is never aligned
+    ("llama", 12, ([5, 6, 8, 10, 11], [3, 7, 9])),
+    # a sequence length unlike the hidden size; alignments to teacher token 1 (read from the
+    # teacher's state 0) and to token 0 (the first token, which nothing predicts: left out)
+    ("gemma2", 10, ([1, 2, 4, 6, 9], [0, 5, 8])),
+])
+def test_objective_reads_the_teacher_on_its_own_tokens(teacher_kind, t_len, t_align):
+    """DistillationObjective's cross path == the definition on the two models' full logits,
+    the teacher's logits (bias and soft-cap included) taken one position before each aligned
+    teacher token."""
     from kdist.train.objective import DistillationObjective, count_loss_tokens
 
-    def tiny(seed, vocab, hidden):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(LlamaConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
-            tie_word_embeddings=False)).to(torch.float64)
-
-    student, teacher = tiny(0, VS, 16), tiny(1, VT, 12)
+    build = {"llama": _tiny_llama, "gemma2": _softcapped_biased_gemma2}[teacher_kind]
+    student, teacher = _tiny_llama(0, VS, 16), build(1, VT, 12)
     ids = torch.randint(1, VS, (2, 9))
     labels = ids.clone()
     labels[:, :4] = IGNORE_INDEX
-    t_ids = torch.randint(1, VT, (2, 12))
+    t_ids = torch.randint(1, VT, (2, t_len))
     align = torch.full((2, 9), -1)
-    align[0, 4:9] = torch.tensor([5, 6, 8, 10, 11])
-    align[1, 4:7] = torch.tensor([3, 7, 9])  # rows of 1..11: never position 0
+    align[0, 4:9] = torch.tensor(t_align[0])
+    align[1, 4:7] = torch.tensor(t_align[1])
     params = KDParams(alpha=0.0, temperature=1.0, cross="uld")
     n = count_loss_tokens(labels)
     loss, _, kd = DistillationObjective(student, params, teacher)(
@@ -272,7 +296,7 @@ def test_objective_reads_the_teacher_on_its_own_tokens():
     expected = 0.0
     for row in range(2):
         for pos in range(1, 9):
-            if labels[row, pos] != IGNORE_INDEX and align[row, pos] >= 0:
+            if labels[row, pos] != IGNORE_INDEX and align[row, pos] >= 1:
                 expected = expected + uld_by_definition(
                     s_logits[row, pos - 1][None], t_logits[row, align[row, pos] - 1][None], 1.0)[0]
     assert loss.item() == pytest.approx(float(expected.detach()) / n, rel=1e-8)
