@@ -155,3 +155,34 @@ def test_stores_written_before_the_seconds_column_still_read(tmp_path):
     pq.write_table(old, tmp_path / "answers" / "part-20200101T000000000000-old.parquet")
     assert store.read_all(["id", "seconds"]).to_pylist() == [{"id": "a", "seconds": None}]
     assert store.set_aside_corrupt() == []
+
+
+def test_requested_gives_each_keys_candidate_and_hash_and_an_empty_store_has_nothing(tmp_path):
+    store = ResponseStore(str(tmp_path))
+    run = new_run_id()
+    assert store.drop_superseded(run) == 0 and store.requested(run).num_rows == 0
+    done = store.succeeded_hashes()
+    assert len(done) == 0 and done.contains(pa.array([_hash("a")])).tolist() == [False]
+    store.record_requests(_rows(["a"], candidate="student").select(["id", "candidate", "request_hash"]), run)
+    assert store.requested(run).to_pylist() == [{"id": "a", "candidate": "student", "request_hash": _hash("a")}]
+
+
+def test_two_rows_of_one_key_are_one_after_dropping(tmp_path):
+    store = ResponseStore(str(tmp_path))
+    run = new_run_id()
+    store.write_shard(_rows(["a"], error="server_error: 503"), new_run_id())
+    store.write_shard(_rows(["a"]), run)
+    assert store.drop_superseded(run) == 1
+    assert [row["error"] for row in store.read_all().to_pylist()] == [None]
+
+
+def test_temporaries_of_request_indexes_are_removed_too(tmp_path):
+    store = ResponseStore(str(tmp_path))
+    run = new_run_id()
+    store.record_requests(_rows(["a"]).select(["id", "candidate", "request_hash"]), run)
+    requests = tmp_path / "requests"
+    (requests / ".part-y.parquet.9.tmp").write_bytes(b"half an index")
+    (requests / "notes.tmp").write_bytes(b"not ours")  # only kdist's own temporaries go
+    assert store.remove_temporaries() == 1
+    assert sorted(p.name for p in requests.iterdir() if not p.name.startswith("part-")) == ["notes.tmp"]
+    assert store.requested(run).num_rows == 1
