@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.tiny_models import with_biased_head
 
 from kdist.train.cross_tokenizer import (
     SpanGroup,
@@ -259,9 +260,7 @@ def _softcapped_biased_gemma2(seed, vocab, hidden):
         vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2,
         max_position_embeddings=32, final_logit_softcapping=3.0))
-    model.lm_head = torch.nn.Linear(hidden, vocab, bias=True)
-    torch.nn.init.normal_(model.lm_head.bias, std=2.0)
-    return model.to(torch.float64)
+    return with_biased_head(model).to(torch.float64)
 
 
 @pytest.mark.parametrize(("teacher_kind", "t_len", "t_align"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.tiny_models import with_biased_head
 from transformers import (
     CohereConfig,
     CohereForCausalLM,
@@ -153,9 +154,7 @@ def test_an_unannounced_transform_is_refused_and_a_biased_head_passes():
                                          r"output .*\(config keys that may say how: none\); "
                                          r"this model is unsupported$"):
         check_head_reproduces_logits(_DoublingLlama(LlamaConfig(**SIZES)))
-    biased = LlamaForCausalLM(LlamaConfig(**SIZES))
-    biased.lm_head = torch.nn.Linear(biased.config.hidden_size, biased.config.vocab_size, bias=True)
-    torch.nn.init.normal_(biased.lm_head.bias, std=2.0)
+    biased = with_biased_head(LlamaForCausalLM(LlamaConfig(**SIZES)))
     biased.train()
     check_head_reproduces_logits(biased)  # the bias is part of the head's output
     assert biased.training  # the check leaves the model's mode as it was

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.tiny_models import with_biased_head
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kdist.train.losses import IGNORE_INDEX, KDParams, TopK, kd_loss
@@ -151,20 +152,11 @@ def test_loss_tokens_are_counted_after_the_causal_shift():
     assert count_loss_tokens(labels) == 3  # the first column is never a target
 
 
-def with_head(model: LlamaForCausalLM, rows: int, seed: int) -> LlamaForCausalLM:
-    """The model with a biased LM head of `rows` outputs (rows > V: padded past the shared
-    vocabulary, as some checkpoints pad theirs)."""
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(model.config.hidden_size, rows, bias=True)
-    torch.nn.init.normal_(head.bias, std=2.0)
-    model.lm_head = head
-    return model
-
-
 def test_biased_and_padded_heads_give_the_full_logits_formula():
     """Heads with a bias (student and teacher) and with rows past the vocabulary cut by
     logits_size: the formula on the models' own logits, bias included, padded rows left out."""
-    student, teacher = with_head(tiny(0), V + 3, 1), with_head(tiny(1, hidden=48), V + 5, 2)
+    student = with_biased_head(tiny(0), V + 3, seed=1)
+    teacher = with_biased_head(tiny(1, hidden=48), V + 5, seed=2)
     assert_full_logits_formula(student, teacher, KDParams(alpha=0.4, temperature=2.0), seed=2,
                                logits_size=V)
 
