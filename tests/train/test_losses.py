@@ -263,6 +263,27 @@ def test_bad_params_say_what_is_allowed():
         KDParams(divergence="jsd", beta=1.0)
     with pytest.raises(ValueError, match="divergence must be"):
         KDParams(divergence="kl")
+    with pytest.raises(ValueError, match=r"temperature must be > 0 \(got 0.0\)"):
+        KDParams(temperature=0.0)
+    with pytest.raises(ValueError, match=r"jsd beta must be in \(0, 1\) \(got 0.0\)"):
+        KDParams(divergence="jsd", beta=0.0)
+    with pytest.raises(ValueError, match="tail must be bucket or renormalise \\(got 'drop'\\)"):
+        KDParams(tail="drop")
+    with pytest.raises(ValueError, match="cross must be uld or align \\(got 'ULD'\\)"):
+        KDParams(cross="ULD")
+    # The edges that are allowed: a beta of 0 outside JSD (unused there), and both cross modes.
+    assert KDParams(beta=0.0).beta == 0.0
+    assert [KDParams(cross=mode).cross for mode in ("uld", "align")] == ["uld", "align"]
+
+
+def test_the_default_chunk_holds_about_2_to_the_23_logits_and_at_least_16_rows():
+    """On the CPU the default chunk is sized by the vocabulary (the head's first dimension),
+    never by the hidden size, and never under 16 rows; the GPU minimum applies on GPUs only."""
+    from kdist.train.losses import _default_chunk_size
+
+    assert _default_chunk_size(torch.empty(1000, 8, device="meta")) == (1 << 23) // 1000
+    assert _default_chunk_size(torch.empty(1 << 20, 8, device="meta")) == 16
+    assert _default_chunk_size(torch.empty((1 << 23) // 17, 8, device="meta")) == 17
 
 
 def test_bf16_inputs_keep_their_dtype_and_stay_close_to_fp32():
