@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import yaml
 
-from kdist import pipeline, storage
+from kdist import pipeline, storage, templating
 from kdist.config import ConfigError, RunConfig, apply_override, read_yaml, validate_config
 from kdist.data.synthetic import vocabulary_text
 from kdist.rows import PROMPT_SCHEMA, SFT_SCHEMA
@@ -93,8 +93,9 @@ def _teacher_fingerprint(config: RunConfig) -> str:
     so that a change to it redoes the judge alone."""
     # min_teacher_accuracy is not in it either: it decides whether to go on, not what is built.
     demo = config.demo.model_dump(exclude={"judge_train", "min_teacher_accuracy"})
-    return storage.fingerprint(config.data.model_dump(), demo,
-                               config.student.model_dump(), config.run.seed, _judge_template(config))
+    return storage.fingerprint(*templating.by_content(
+        [config.data.model_dump(), demo, config.student.model_dump(), config.run.seed, {"template": _judge_template(config)}]
+    ))
 
 
 def _judge_fingerprint(config: RunConfig) -> str:

@@ -1,9 +1,9 @@
 """Runs stages in order over one run directory, with stage-level resume.
 
 Each stage reads the outputs of the stages it names as inputs (kdist.stages) and writes its
-own directory. A finished stage leaves a marker with a fingerprint of its settings and of the
-files it reads from outside the run (sizes and modification times), chained through the
-fingerprints of its inputs, so `--resume` skips exactly the stages whose inputs and settings
+own directory. A finished stage leaves a marker with a fingerprint of its settings (a template
+file by its text) and of the files it reads from outside the run (sizes and modification
+times), chained through the fingerprints of its inputs, so `--resume` skips exactly the stages whose inputs and settings
 are unchanged and redoes everything downstream of a change. A skipped stage's Parquet files
 are checked (footers) first: a truncated or corrupt one means the stage runs again.
 
@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from kdist import preflight, storage
+from kdist import preflight, storage, templating
 from kdist.config import RunConfig, config_to_yaml
 from kdist.runtime import output_dir, ray_session
 from kdist.stages import BY_NAME, STAGE_NAMES, STAGES, StageContext
@@ -35,7 +35,9 @@ def stage_fingerprints(config: RunConfig) -> dict[str, str]:
     run, and its inputs' fingerprints."""
     fingerprints: dict[str, str] = {}
     for stage in STAGES:
-        settings = [part.model_dump(mode="json") if hasattr(part, "model_dump") else part for part in stage.settings(config)]
+        settings = templating.by_content(
+            [part.model_dump(mode="json") if hasattr(part, "model_dump") else part for part in stage.settings(config)]
+        )
         sources = {field: storage.files_fingerprint(location) for field, location in stage.sources(config).items()}
         upstream = [fingerprints[name] for name in stage.inputs]
         fingerprints[stage.name] = storage.fingerprint(stage.name, settings, sources, upstream)

@@ -106,6 +106,24 @@ def test_a_judge_retrained_in_place_redoes_the_evaluation_that_asks_it(tmp_path)
     assert [name for name in STAGE_NAMES if before[name] != after[name]] == ["evaluate"]
 
 
+def test_a_template_counts_by_its_text_not_its_place(tmp_path):
+    """An edit of the judge's template in place redoes what asks the judge; the same file in
+    another place (a Ray job's working dir is a copy of the checkout) redoes nothing."""
+    here, copy = tmp_path / "checkout" / "pairwise.j2", tmp_path / "job_dir" / "pairwise.j2"
+    for path in (here, copy):
+        path.parent.mkdir()
+        path.write_text("[A] {{ answer_a }} [B] {{ answer_b }} {{ question }}")
+
+    def judged_with(template):
+        return _config(tmp_path, {"evaluate.judge": {"kind": "hf", "model": "judge-id", "template": str(template)}})
+
+    before = stage_fingerprints(judged_with(here))
+    assert stage_fingerprints(judged_with(copy)) == before
+    here.write_text("[A] {{ answer_a }} [B] {{ answer_b }} {{ question }} Reply A, B or tie.")
+    after = stage_fingerprints(judged_with(here))
+    assert [name for name in STAGE_NAMES if before[name] != after[name]] == ["evaluate"]
+
+
 def _stage_dir(tmp_path, name="judge") -> str:
     directory = str(tmp_path / name)
     storage.write_table(storage.join(directory, "scores", "part-0.parquet"), pa.table({"x": [1, 2, 3]}))
