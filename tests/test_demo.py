@@ -27,12 +27,13 @@ def run_demo(out_dir, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=1200)
 
 
-# The shipped demo, stopped a little earlier and evaluated on fewer rows, and without its
-# pairwise judge: training the judge and its comparisons in both orders took the test from about
-# 6 to 16 minutes on 2 cores (measured 2026-12-02), more than the suite can spend on it. The
-# judge's verdicts are checked by tests/test_demo_judge.py and its figures in benchmarks/RESULTS.md.
-QUICKER = ["demo.teacher_train.target_accuracy=0.85", "train.target_accuracy=0.85",
-           "demo.judge_train=null", "evaluate.judge=null", "data.source.test=200"]
+# The shipped demo, its teacher, judge and student stopped a little earlier and evaluated on
+# fewer rows. The judge stops at 0.85 on its validation pairs (about 200 steps, 100 s on a quiet
+# machine, 2026-12-04) instead of the shipped 0.97: enough to tell a letter from the base's noise,
+# which is what the test asserts; the judge's accuracy at the shipped target is in
+# benchmarks/RESULTS.md.
+QUICKER = ["demo.teacher_train.target_accuracy=0.85", "demo.judge_train.target_accuracy=0.85",
+           "train.target_accuracy=0.85", "data.source.test=200"]
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
@@ -74,8 +75,15 @@ def test_demo_distils_as_a_ray_job_then_resumes_without_redoing_stages(tmp_path)
     # untrained base could not do.
     assert accuracy["teacher"] >= 0.6
     assert accuracy["student"] >= accuracy["base"] + 0.3
-    # Without a model judge nothing is compared (the rule judge compares nothing).
-    assert metrics["comparisons"] == {}
+    # The judge prefers the distilled student to the base, and decides most pairs: a judge
+    # stuck on one position (verdict A in one order, B in the other) calls them ties instead.
+    assert set(metrics["comparisons"]) == {"student_vs_base", "student_vs_teacher"}
+    versus_base = metrics["comparisons"]["student_vs_base"]
+    assert versus_base["n"] == 200
+    assert versus_base["win_rate"] >= 0.82, versus_base
+    assert versus_base["tie_rate"] <= 0.5, versus_base
+    # Its verdicts follow the test labels where exactly one of the two answers is right.
+    assert versus_base["judge_accuracy"] >= 0.7, versus_base
     # The report shows the figures of metrics.json.
     evaluation = json.loads((out / "eval" / "metrics.json").read_text())
     assert evaluation["accuracy"] == accuracy and evaluation["comparisons"] == metrics["comparisons"]
@@ -118,6 +126,6 @@ def test_demo_distils_as_a_ray_job_then_resumes_without_redoing_stages(tmp_path)
     third = run_demo(out, "--resume", *QUICKER, "evaluate.batch_size=100")
     assert third.returncode == 0, third.stderr[-3000:]
     skipped = third.stderr.count("skipped (--resume)")
-    assert skipped == 6, third.stderr[-3000:]  # 5 stages + the demo's models
+    assert skipped == 7, third.stderr[-3000:]  # 5 stages, the demo's teacher and its judge
     assert "stage evaluate: starting" in third.stderr
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == accuracy
