@@ -224,6 +224,45 @@ def test_chunked_topk_equals_direct_formula(tail, kind):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tail", ["bucket", "renormalise"])
+def test_a_token_without_stored_topk_adds_nothing_and_token_id_0_counts(tail):
+    """A loss token whose teacher stored nothing (every slot padding) carries no KD term, not
+    NaN; one whose only stored id is 0 is a real teacher signal (0 is a token id, -1 padding)."""
+    hidden, weight, labels, t_hidden, t_weight = make_batch(seed=11)
+    topk = topk_from(t_hidden @ t_weight.T, k=4)
+    loss_rows = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
+    empty, zero_only = loss_rows[0], loss_rows[1]
+    topk.token_ids[empty] = -1
+    topk.token_ids[zero_only] = torch.tensor([0, -1, -1, -1])
+    topk.logprobs[zero_only] = torch.tensor([-0.3, 0.0, 0.0, 0.0])
+    n = len(loss_rows)
+    params = KDParams(alpha=0.0, temperature=1.0, tail=tail)
+    got = chunked_kd_loss(hidden, weight, labels, topk, params, n, chunk_size=5)
+    assert math.isfinite(got.loss.item())
+    exp = reference_topk(hidden @ weight.T, labels, topk, 0.0, 1.0, "forward_kl", 0.5, tail, n)
+    assert got.kd.item() == pytest.approx(exp.item(), rel=1e-6)
+    only_empty = labels.clone()
+    only_empty[[r for r in loss_rows if r != empty]] = IGNORE_INDEX
+    assert chunked_kd_loss(hidden, weight, only_empty, topk, params, 1).kd.item() == 0.0
+    only_zero = labels.clone()
+    only_zero[[r for r in loss_rows if r != zero_only]] = IGNORE_INDEX
+    zero_kd = chunked_kd_loss(hidden, weight, only_zero, topk, params, 1).kd.item()
+    assert zero_kd > 0.0 or tail == "renormalise"  # one category renormalised is no divergence
+
+
+def test_the_direct_loss_reports_its_ce_and_kd_parts_like_the_chunked_one():
+    hidden, weight, labels, t_hidden, t_weight = make_batch(seed=12)
+    n = int((labels != IGNORE_INDEX).sum())
+    params = KDParams(alpha=0.3, temperature=2.0)
+    direct = kd_loss(hidden @ weight.T, labels, t_hidden @ t_weight.T, params, n)
+    chunked = chunked_kd_loss(hidden, weight, labels, OnlineTeacher(t_hidden, t_weight), params, n,
+                              chunk_size=8)
+    for part in ("loss", "ce", "kd"):
+        assert getattr(direct, part).item() == pytest.approx(getattr(chunked, part).item(), rel=1e-9)
+    assert direct.loss.item() == pytest.approx(0.3 * direct.ce.item() + 0.7 * 4.0 * direct.kd.item(), rel=1e-9)
+    assert direct.ce.item() > 0.0 and direct.kd.item() > 0.0
+
+
 def test_topk_bucket_with_full_vocab_is_exact_kl():
     """With k = V and T = 1 the bucket is empty and top-k KD equals full-vocab KD."""
     hidden, weight, labels, t_hidden, t_weight = make_batch(seed=7)
