@@ -18,7 +18,15 @@ from kdist.train.cross_tokenizer import (
     tokenize_pair,
     vocabulary_map,
 )
-from kdist.train.losses import IGNORE_INDEX, CrossLogits, CrossTeacher, KDParams, chunked_kd_loss, kd_loss
+from kdist.train.losses import (
+    IGNORE_INDEX,
+    CrossLogits,
+    CrossTeacher,
+    KDParams,
+    chunked_kd_loss,
+    kd_loss,
+    uld_distance,
+)
 
 
 def groups(teacher: list[str], student: list[str]) -> list[tuple[list[str], list[str]]]:
@@ -192,6 +200,22 @@ def test_uld_equals_its_definition_with_gradients(t):
     for a, b in zip(torch.autograd.grad(got.loss, (hidden, weight)),
                     torch.autograd.grad(expected, (hidden, weight))):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_a_teacher_of_another_vocabulary_needs_a_cross_mode_and_align_its_map():
+    hidden, weight, labels, t_hidden, t_weight, aligned, _ = cross_batch(2)
+    teacher = CrossLogits(t_hidden @ t_weight.T, aligned)
+    with pytest.raises(ValueError, match=r"^a teacher with another vocabulary needs KDParams.cross \(uld, align\)$"):
+        kd_loss(hidden @ weight.T, labels, teacher, KDParams(alpha=0.5), 1)
+    with pytest.raises(ValueError, match="^cross-tokenizer align needs the teacher -> student vocab_map$"):
+        kd_loss(hidden @ weight.T, labels, teacher, KDParams(alpha=0.5, cross="align"), 1)
+
+
+def test_uld_pads_whichever_vocabulary_is_shorter():
+    short, long = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.25, 0.5, 0.25]])
+    # sorted: [1, 0, 0] against [0.5, 0.25, 0.25]
+    assert uld_distance(short, long).tolist() == [1.0]
+    assert uld_distance(long, short).tolist() == [1.0]
 
 
 def test_uld_is_zero_for_a_permuted_distribution_and_at_most_two():
