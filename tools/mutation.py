@@ -50,7 +50,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["kdist/tasks/base.py", "kdist/tasks/metrics.py", "kdist/tasks/multiple_choice.py", "kdist/tasks/nli.py",
          "kdist/tasks/qa.py", "kdist/tasks/math_problems.py", "kdist/tasks/summarization.py",
          "kdist/tasks/conversation.py", "kdist/tasks/extraction.py", "kdist/tasks/grading.py"],
-        ["tests/tasks/test_tasks.py"],
+        ["tests/tasks/test_tasks.py", "tests/reporting/test_scores.py", "tests/train/test_accuracy.py"],
     ),  # fmt: skip
     "judging": (
         ["kdist/judging/pairwise.py", "kdist/judging/verdicts.py", "kdist/judging/agreement.py"],

@@ -4,6 +4,7 @@ its metrics are right on hand-made cases."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -47,6 +48,31 @@ def test_missing_and_empty_columns_are_row_errors_naming_the_column():
         task.prompt({"sentence1": "p", "hypothesis": "  "})
 
 
+def test_a_missing_column_lists_the_row_s_own_columns_and_a_number_in_a_text_field_is_text():
+    task = task_for(TASKS["nli"].Settings())
+    with pytest.raises(RowError, match=r"the row has: hypothesis, label\)$"):
+        task.prompt({"hypothesis": "h", "label": "neutral", "__index_level_0__": 3})
+    prompt = task.prompt({"premise": 1234, "hypothesis": "h", "label": "neutral"})
+    assert "1234" in prompt.messages[-1]["content"]
+
+
+def test_a_template_naming_an_unknown_field_is_a_row_error_listing_the_fields():
+    task = task_for(TASKS["nli"].Settings(template="{{ premise }} {{ passage }}"))
+    with pytest.raises(RowError, match=r"^data.task.template: 'passage' is undefined \(it may use: hypothesis, labels, premise\)$"):
+        task.prompt({"premise": "p", "hypothesis": "h", "label": "neutral"})
+
+
+@pytest.mark.parametrize("kind", ["multiple_choice", "nli", "math"])
+def test_the_default_metrics_are_accuracy_and_the_parsed_share(kind):
+    task = task_for(TASKS[kind].Settings())
+    answers, references = ["x", None, "y", "x"], ["x", "x", "z", "x"]
+    assert task.metrics(answers, references, [{}] * 4) == {"accuracy": 0.5, "parsed": 0.75}
+    assert task.metrics(["x", None, None], ["x", "y", "z"], [{}] * 3) == {"accuracy": 0.3333, "parsed": 0.3333}
+    assert task.metrics([], [], []) == {"accuracy": 0.0, "parsed": 0.0}
+    with pytest.raises(ValueError, match="^a row without a reference cannot be scored$"):
+        task.score("x", None, {})
+
+
 # --- multiple_choice ---------------------------------------------------------------------------
 
 
@@ -80,6 +106,39 @@ def test_multiple_choice_prompt_keeps_the_demo_wording_and_reads_commonsenseqa()
     with pytest.raises(RowError, match="answer 'Q' is not a letter A-B"):
         task.prompt({"question": "q", "choices": ["a", "b"], "answer": "Q"})
     assert task.parse("E", {"choices": ["a", "b", "c"]}) is None  # only three choices
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [({"choices": ["x"], "answer": "A"}, "column 'options' must be a list of 2 to 10 choices"),
+     ({"choices": "x y", "answer": "A"}, "column 'options' must be a list of 2 to 10 choices"),
+     ({"choices": ["x", "  "], "answer": "A"}, "column 'options' has an empty choice"),
+     ({"choices": ["x", None], "answer": "A"}, "column 'options' has an empty choice"),
+     ({"choices": ["x", "y"], "answer": 2}, "column 'gold': answer 2 is not a letter A-B, a 0-based index or one of the choices"),
+     ({"choices": ["x", "y", "z"], "answer": "D"}, "column 'gold': answer 'D' is not a letter A-C, a 0-based index or one of the choices")],
+)  # fmt: skip
+def test_bad_multiple_choice_rows_name_their_column_and_what_is_allowed(row, message):
+    task = task_for(TASKS["multiple_choice"].Settings(columns={"choices": "options", "answer": "gold"}))
+    record = {"question": "q", "options": row["choices"], "gold": row["answer"]}
+    with pytest.raises(RowError, match=f"^{re.escape(message)}$"):
+        task.prompt(record)
+
+
+@pytest.mark.parametrize(
+    "answer, letter",
+    [(0, "A"), (2, "C"), ("b", "B"), ("zebra", "B"), ("", None), (None, None)],
+)
+def test_a_multiple_choice_answer_as_index_letter_or_choice_text(answer, letter):
+    task = task_for(TASKS["multiple_choice"].Settings())
+    prompt = task.prompt({"question": "q", "choices": {"label": ["A", "B", "C"], "text": ["ant", "zebra", "zebra"]},
+                          "answer": answer})  # fmt: skip
+    assert prompt.reference == letter == prompt.label
+    assert prompt.meta == {"choices": ["ant", "zebra", "zebra"]}
+    assert "A) ant" in prompt.messages[-1]["content"] or "A. ant" in prompt.messages[-1]["content"]
+    assert task.labels(prompt.meta) == "ABC" and task.labels({}) == "ABCDE"
+    assert task.parse("C", prompt.meta) == "C" and task.parse("D", prompt.meta) is None
+    assert task.chance([prompt.meta, {"choices": ["x"] * 4}]) == {"accuracy": round((1 / 3 + 1 / 4) / 2, 4)}
+    assert task.chance([]) == {}
 
 
 def test_no_answer_never_equals_no_reference():
@@ -198,6 +257,28 @@ def test_conversation_takes_the_last_assistant_turn_as_reference():
     with pytest.raises(RowError, match="turn 1: role must be one of system, user, assistant"):
         task.prompt({"messages": [chat[0], {"role": "bot", "content": "x"}]})
     assert task.score("Boil water, add tea.", prompt.reference, {}) == 1.0
+    assert prompt.messages[0] == {"role": "system", "content": "Be kind."}
+    assert prompt.meta == {"turns": 4}
+    # A chat with its own system turn keeps it; without a system prompt none is added.
+    own = task.prompt({"messages": [{"role": "system", "content": "Be brief."}, *chat[:3]]}, "Be kind.")
+    assert [t["content"] for t in own.messages[:2]] == ["Be brief.", "Hi"]
+    assert task.prompt({"messages": chat[:3]}).messages == chat[:3]
+
+
+@pytest.mark.parametrize(
+    "chat, message",
+    [([], "column 'dialogue' must be a non-empty list of {role, content} turns"),
+     ("Hi", "column 'dialogue' must be a non-empty list of {role, content} turns"),
+     ([{"role": "user", "content": " "}], "column 'dialogue' turn 0: content is empty"),
+     (["Hi"], "column 'dialogue' turn 0: role must be one of system, user, assistant"),
+     ([{"role": "assistant", "content": "Hello"}],
+      "column 'dialogue': the chat must end with a user turn (or a user turn and the assistant's reply)")],
+)  # fmt: skip
+def test_bad_chats_name_their_column_and_turn(chat, message):
+    task = task_for(TASKS["conversation"].Settings(columns={"messages": "dialogue"}))
+    with pytest.raises(RowError, match=f"^{re.escape(message)}$"):
+        task.prompt({"dialogue": chat})
+    assert task.metrics(["Boil water", None], ["Boil water", "Add tea"], [{}, {}]) == {"rougeL": 0.5, "parsed": 0.5}
 
 
 # --- extraction --------------------------------------------------------------------------------
@@ -227,6 +308,29 @@ def test_extraction_per_field_accuracy_and_fully_correct_rate():
     assert result["fully_correct"] == round(1 / 3, 4) and result["parsed"] == round(2 / 3, 4)
     with pytest.raises(RowError, match="not an answer of the fields"):
         task.prompt({"text": "t", "answer": {"sentiment": 2}})
+
+
+def test_the_default_triage_fields_accept_what_their_questions_allow_and_nothing_else():
+    task = TASKS["extraction"]()
+    content = task.prompt({"text": "Parcel lost"}, "Triage.").messages
+    assert content[0] == {"role": "system", "content": "Triage."}
+    for question in ("How positive is the customer, from 1 (angry) to 5 (delighted)?",
+                     "What is the ticket about (billing, shipping, technical, account or other)?",
+                     "Summarise the ticket in one sentence.", "Parcel lost"):  # fmt: skip
+        assert question in content[1]["content"]
+    for topic in ("billing", "shipping", "technical", "account", "other", " Shipping "):
+        assert json.loads(task.parse(json.dumps({**TICKET, "topic": topic}), {}))["topic"] == topic.strip().lower()
+    for sentiment, ok in ((0, False), (1, True), (5, True), (6, False)):
+        assert (task.parse(json.dumps({**TICKET, "sentiment": sentiment}), {}) is not None) == ok
+    # Only choice fields are lower-cased; the answer keeps the fields' order.
+    summary = json.loads(task.parse(json.dumps({**TICKET, "summary": "Charged TWICE"}), {}))
+    assert summary["summary"] == "Charged TWICE" and list(summary) == ["sentiment", "topic", "summary", "urgency"]
+    # A reference given as JSON text is read like one given as an object.
+    assert task.prompt({"text": "t", "answer": json.dumps(TICKET)}).reference == task.prompt({"text": "t", "answer": TICKET}).reference
+    assert task.prompt({"text": "t", "answer": ""}).reference is None
+    with pytest.raises(RowError, match=r"^column 'gold': not an answer of the fields \(not a JSON object\)$"):
+        task_for(TASKS["extraction"].Settings(columns={"answer": "gold"})).prompt({"text": "t", "gold": "[1, 2]"})
+    assert task.metrics([], [], []) == {"fully_correct": 0.0, "parsed": 0.0}
 
 
 # --- grading -----------------------------------------------------------------------------------
