@@ -225,6 +225,43 @@ def test_math_reference_from_gsm8k_solution():
         task.prompt({"question": "q", "answer": "four"})
 
 
+@pytest.mark.parametrize(
+    "text, number",
+    [("$1,234.50", "1234.5"), ("$ 7", "7"), ("- 3", "-3"), ("0.0000001", "0.0000001"), ("12.0", "12"), ("seven", None)],
+)
+def test_canonical_numbers_drop_currency_separators_and_trailing_zeros(text, number):
+    from kdist.tasks.math_problems import canonical_number
+
+    assert canonical_number(text) == number
+
+
+def test_a_marked_final_answer_wins_over_a_later_number_and_bad_rows_name_the_column():
+    task = task_for(TASKS["math"].Settings(columns={"answer": "solution"}))
+    assert task.parse("#### 42 (about 40 minutes)", {}) == "42"
+    assert task.parse("\\boxed{12} after 3 tries", {}) == "12"
+    assert task.parse("the answer is 5, not 6", {}) == "5"
+    prompt = task.prompt({"question": "How many legs?", "solution": "  "}, "Think.")
+    assert prompt.reference is None
+    assert prompt.messages[0] == {"role": "system", "content": "Think."}
+    assert "How many legs?" in prompt.messages[1]["content"]
+    long = "no digits here but a long explanation of the reasoning steps"
+    with pytest.raises(RowError, match=f"^column 'solution': {re.escape(repr(long[:40]))} holds no number$"):
+        task.prompt({"question": "q", "solution": long})
+
+
+def test_exact_match_and_token_f1_on_hand_made_cases():
+    from kdist.tasks.metrics import exact_match, rouge, token_f1
+
+    assert exact_match("The Paris!", ["paris"]) == 1.0 and exact_match("Rome", ["paris"]) == 0.0
+    # 2 common tokens: precision 2/3, recall 2/4 -> F1 = 2 * (2/3) * (1/2) / (2/3 + 1/2) = 4/7
+    assert token_f1("red big ball", ["red ball on grass"]) == pytest.approx(4 / 7)
+    assert token_f1("a", ["the"]) == 1.0  # both empty once articles go
+    assert token_f1("ball", ["the"]) == 0.0 and token_f1("", ["ball"]) == 0.0
+    assert token_f1("ball", []) == 0.0 and token_f1("dog", ["cat"]) == 0.0
+    # Porter stemming, as the summarisation papers report ROUGE: "running" matches "run".
+    assert rouge("cats running", "cat run")["rouge1"] == 1.0
+
+
 # --- summarization and conversation ------------------------------------------------------------
 
 
