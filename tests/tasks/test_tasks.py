@@ -395,5 +395,32 @@ def test_grading_metrics_are_the_judge_agreement_functions():
     assert result["mae"] == round((0.1 + 0.1 + 0.35) / 3, 4)
 
 
+def test_grading_prompts_show_question_context_and_answer_and_label_at_the_threshold():
+    task = task_for(TASKS["grading"].Settings(columns={"score": "human"}, threshold=0.5))
+    prompt = task.prompt({"question": "Capital of France?", "context": "Paris is the capital.",
+                          "answer": "Lyon", "human": 0.5}, "Grade strictly.")  # fmt: skip
+    assert prompt.messages[0] == {"role": "system", "content": "Grade strictly."}
+    for shown in ("Capital of France?", "Paris is the capital.", "Lyon"):
+        assert shown in prompt.messages[1]["content"]
+    assert (prompt.reference, prompt.label) == ("0.5", "True")  # at the threshold is acceptable
+    unlabelled = task.prompt({"question": "q", "answer": "a", "human": ""})
+    assert (unlabelled.reference, unlabelled.label) == (None, None)
+    assert task.prompt({"question": "q", "answer": "a", "human": 0}).reference == "0"
+    with pytest.raises(RowError, match=r"^column 'human': score 'high' is not a number in \[0, 1\]$"):
+        task.prompt({"question": "q", "answer": "a", "human": "high"})
+
+
+def test_grading_scores_read_past_unreadable_and_scoreless_json_and_metrics_use_the_threshold():
+    task = task_for(TASKS["grading"].Settings(threshold=0.5))
+    assert task.parse('{not json} {"score": 0.4}', {}) == "0.4"
+    assert task.parse('{"rationale": "fine"} Score: 0.3', {}) == "0.3"
+    result = task.metrics(["0.6", "0.4", None], ["0.7", "0.6", "0.1"], [{}] * 3)
+    # At 0.5 row 1 agrees, row 2 does not (at 0.8 both would), the unparsed row 3 does not.
+    assert result["agreement"] == 0.3333
+    assert result["parsed"] == 0.6667 and result["mae"] == 0.15
+    assert task.metrics([None], ["0.5"], [{}])["agreement"] == 0.0
+    assert task.metrics([None], ["0.5"], [{}])["parsed"] == 0.0
+
+
 def test_task_settings_base_is_not_a_task():
     assert TaskSettings.FIELDS == ()
