@@ -3,9 +3,10 @@
 Each stage reads the outputs of the stages it names as inputs (kdist.stages) and writes its
 own directory. A finished stage leaves a marker with a fingerprint of its settings (a template
 file by its text) and of the files it reads from outside the run (sizes and modification
-times), chained through the fingerprints of its inputs, so `--resume` skips exactly the stages whose inputs and settings
-are unchanged and redoes everything downstream of a change. A skipped stage's Parquet files
-are checked (footers) first: a truncated or corrupt one means the stage runs again.
+times), chained through the fingerprints of its inputs, so `--resume` skips exactly the
+stages whose inputs and settings are unchanged and redoes everything downstream of a change.
+A skipped stage's Parquet files are checked (footers) first: a truncated or corrupt one means
+the stage runs again.
 
 Everything that can be checked without Ray is, before Ray starts (kdist.preflight).
 """

@@ -50,7 +50,7 @@ def by_content(settings: Any) -> Any:
 
 def _template_identity(value: Any) -> Any:
     if not isinstance(value, str):
-        return by_content(value)
+        return value  # None: the packaged template
     path = Path(value).expanduser()
     if not path.is_file():
         return value  # no file (yet): the name is all there is; loading it reports the error
